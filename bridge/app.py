@@ -1,0 +1,158 @@
+"""The web process: ``create_app(settings)`` -> Starlette. It answers in milliseconds and does no routing work.
+
+Status policy of ``POST /webhooks/livechat`` (Rocket.Chat counts only exactly 200 as delivered; newer servers
+retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The README has the same table.
+
+| status | when | Rocket.Chat then |
+|---|---|---|
+| 200 | accepted (job created), duplicate (already recorded), or deliberately ignored type | stores our body as crmData |
+| 400 | body not UTF-8 JSON, not an object, no/unknown ``type``, required field missing or mistyped | no retry (newer) |
+| 403 | ``X-RocketChat-Livechat-Token`` missing or wrong | no retry (newer) |
+| 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
+| 503 | the event cannot be recorded (Redis unreachable or failing) | retries, 5 attempts |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge.errors import InvalidEvent
+from bridge.events import parse_event
+from bridge.jobqueue import EventRecorder
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.web")
+
+WEBHOOK_TOKEN_HEADER = "x-rocketchat-livechat-token"
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def answer(status: int, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes: a declared or streamed body past the cap is refused, never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidEvent("Content-Length header is not a number")
+        if int(declared) > limit:
+            raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(body: bytes) -> object:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidEvent("the body is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise InvalidEvent(f"the body is not valid JSON ({error.msg} at position {error.pos})") from None
+    except RecursionError:
+        raise InvalidEvent("the body is nested too deeply") from None
+
+
+def token_matches(provided: str | None, expected: str) -> bool:
+    """Constant-time comparison; hashing first makes a wrong-length token take as long to refuse as any other."""
+    given = hashlib.sha256((provided or "").encode()).digest()
+    return hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest())
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings.require_webhook_token()
+    connection = redis.asyncio.Redis.from_url(
+        settings.require_redis(),
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+    )
+    recorder = EventRecorder(settings, connection)
+
+    async def livechat_webhook(request: Request) -> Response:
+        if settings.webhook_token and not token_matches(
+            request.headers.get(WEBHOOK_TOKEN_HEADER), settings.webhook_token
+        ):
+            log.warning("webhook refused: missing or wrong token", extra={"status": 403})
+            return answer(403, ok=False, error="missing or wrong X-RocketChat-Livechat-Token")
+        try:
+            event = parse_event(decode_json(await read_body(request, settings.max_body_bytes)))
+        except BodyTooLarge:
+            log.warning("webhook refused: body over %d bytes", settings.max_body_bytes, extra={"status": 413})
+            return answer(413, ok=False, error=f"body larger than {settings.max_body_bytes} bytes")
+        except InvalidEvent as error:
+            log.warning("webhook refused: %s", error, extra={"status": 400})
+            return answer(400, ok=False, error=str(error), field=error.field)
+        try:
+            recorded = await recorder.record(event)
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            log.error(
+                "webhook not recorded: Redis unavailable (%s)", type(error).__name__,
+                extra={"event": event.TYPE, "room_id": event.room_id, "status": 503},
+            )
+            return answer(503, ok=False, error="cannot record the event now (Redis unavailable); retry later")
+        log.info(
+            "webhook %s", recorded.outcome,
+            extra={"event": event.TYPE, "room_id": event.room_id, "job_id": recorded.job_id, "status": 200},
+        )
+        body: dict[str, Any] = {"ok": True, "outcome": recorded.outcome, "event": event.TYPE}
+        if recorded.job_id:
+            body["job"] = recorded.job_id
+        return answer(200, **body)
+
+    async def healthz(request: Request) -> Response:
+        return answer(200, ok=True)
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await asyncio.wait_for(connection.ping(), REDIS_TIMEOUT_SECONDS)
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            return answer(503, ok=False, redis=f"unreachable ({type(error).__name__})")
+        return answer(200, ok=True, redis="ok")
+
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        # A safety net, not a path: every expected failure above has its own answer. 503 makes Rocket.Chat retry.
+        log.exception("unexpected error while answering %s %s", request.method, request.url.path)
+        return answer(503, ok=False, error="internal error; retry later")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await connection.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/livechat", livechat_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={Exception: unexpected_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.redis = connection
+    return app

@@ -1,0 +1,149 @@
+"""Configuration: read once from the environment into one frozen object that is passed to what needs it.
+
+Nothing reads ``os.environ`` at import time; ``Settings.from_env(mapping)`` takes any mapping, so tests build
+their own settings without touching the process environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+
+class Secret(str):
+    """A string whose ``repr`` hides its value, so settings can be logged or shown in tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self else "Secret('')"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    rocketchat_url: str | None = None
+    rocketchat_user_id: str | None = None
+    rocketchat_auth_token: Secret = field(default=Secret(""))
+    rocketchat_username: str | None = None
+    rocketchat_password: Secret = field(default=Secret(""))
+    webhook_token: Secret = field(default=Secret(""))
+    insecure_dev: bool = False
+    max_body_bytes: int = 2 * 1024 * 1024
+    dedupe_ttl_seconds: int = 86_400
+    queue_name: str = "bridge"
+    job_retries: int = 5
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        reader = _Reader(env)
+        default = cls()
+        settings = cls(
+            redis_url=reader.url("REDIS_URL", schemes=("redis", "rediss", "unix")),
+            host=reader.text("HOST") or default.host,
+            port=reader.integer("PORT", default=default.port, low=1, high=65535),
+            rocketchat_url=reader.url("ROCKETCHAT_URL", schemes=("http", "https")),
+            rocketchat_user_id=reader.text("ROCKETCHAT_USER_ID"),
+            rocketchat_auth_token=Secret(reader.text("ROCKETCHAT_AUTH_TOKEN") or ""),
+            rocketchat_username=reader.text("ROCKETCHAT_USERNAME"),
+            rocketchat_password=Secret(reader.text("ROCKETCHAT_PASSWORD") or ""),
+            webhook_token=Secret(reader.text("ROCKETCHAT_WEBHOOK_TOKEN") or ""),
+            insecure_dev=reader.boolean("BRIDGE_INSECURE_DEV"),
+            max_body_bytes=reader.integer("WEBHOOK_MAX_BYTES", default=default.max_body_bytes, low=1024, high=64 << 20),
+            dedupe_ttl_seconds=reader.integer(
+                "DEDUPE_TTL_SECONDS", default=default.dedupe_ttl_seconds, low=60, high=30 * 86_400
+            ),
+            queue_name=reader.text("BRIDGE_QUEUE") or default.queue_name,
+            job_retries=reader.integer("JOB_RETRIES", default=default.job_retries, low=0, high=100),
+            log_format=reader.choice("LOG_FORMAT", ("text", "json"), default=default.log_format),
+            log_level=reader.choice(
+                "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default=default.log_level, upper=True
+            ),
+        )
+        settings.check_rocketchat_credentials()
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def check_rocketchat_credentials(self) -> None:
+        """Credentials come as a pair (user id + token, or username + password); half a pair is a mistake."""
+        if bool(self.rocketchat_user_id) != bool(self.rocketchat_auth_token):
+            missing = "ROCKETCHAT_AUTH_TOKEN" if self.rocketchat_user_id else "ROCKETCHAT_USER_ID"
+            raise ConfigError(missing, "is required together with the other half of the personal access token")
+        if bool(self.rocketchat_username) != bool(self.rocketchat_password):
+            missing = "ROCKETCHAT_PASSWORD" if self.rocketchat_username else "ROCKETCHAT_USERNAME"
+            raise ConfigError(missing, "is required together with the other half of the login")
+
+    def require_webhook_token(self) -> None:
+        """The web process refuses to start without a webhook token unless the insecure dev flag is set."""
+        if not self.webhook_token and not self.insecure_dev:
+            raise ConfigError(
+                "ROCKETCHAT_WEBHOOK_TOKEN",
+                "is required: set it to the value of Rocket.Chat's Livechat_secret_token "
+                "(or set BRIDGE_INSECURE_DEV=1 to accept unauthenticated webhooks in development)",
+            )
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL", "is required (for example redis://127.0.0.1:6379/0)")
+        return self.redis_url
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+            raise ConfigError(name, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value.rstrip("/") if parts.scheme in ("http", "https") else value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(name, f"must be a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {number}")
+        return number
+
+    def boolean(self, name: str) -> bool:
+        value = (self.env.get(name) or "").strip().lower()
+        if value in TRUE_WORDS:
+            return True
+        if value in FALSE_WORDS:
+            return False
+        raise ConfigError(name, f"must be one of 1/0, true/false, yes/no, on/off, got {value!r}")
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str, upper: bool = False) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        value = value.upper() if upper else value.lower()
+        if value not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value

@@ -1,0 +1,178 @@
+"""The webhook endpoint over real HTTP against a real Redis: every row of the status policy."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from bridge.app import create_app
+from bridge.events import parse_event
+from bridge.jobqueue import EVENT_JOBS, job_for
+from tests.conftest import WEBHOOK_TOKEN
+from tests.support import ServerThread, fixture_names, load_fixture
+
+HEADERS = {"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
+
+
+@pytest.fixture
+def bridge(settings):
+    with ServerThread(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def queue(redis_client, settings):
+    return Queue(settings.queue_name, connection=redis_client, serializer=JSONSerializer)
+
+
+def post(bridge, body, headers=HEADERS, **kwargs):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{bridge.url}/webhooks/livechat", content=content, headers=headers, **kwargs)
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_every_fixture_is_answered_200_with_the_documented_job(bridge, queue, name):
+    payload = load_fixture(name)
+    response = post(bridge, payload)
+    assert response.status_code == 200
+    event = parse_event(payload)
+    expected_job = job_for(event)
+    body = response.json()
+    if expected_job is None:
+        assert body == {"ok": True, "outcome": "ignored", "event": payload["type"]}
+        assert queue.count == 0
+    else:
+        assert body["outcome"] == "accepted"
+        job = queue.fetch_job(body["job"])
+        assert job.func_name == expected_job
+        assert list(job.args) == [event.to_dict()]
+        assert queue.job_ids == [body["job"]]
+
+
+def test_job_table_covers_every_type_rocketchat_sends():
+    assert set(EVENT_JOBS) == {name.split("__")[0] for name in fixture_names()}
+
+
+def test_the_response_body_is_small_because_rocketchat_stores_it_on_the_room(bridge):
+    response = post(bridge, load_fixture("LivechatSessionQueued__basic"))
+    assert len(response.content) < 200
+
+
+def test_a_redelivery_is_answered_200_and_makes_no_second_job(bridge, queue):
+    payload = load_fixture("LivechatSessionTaken__basic")
+    first, second = post(bridge, payload), post(bridge, payload)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.json()["outcome"] == "accepted"
+    assert second.json()["outcome"] == "duplicate"
+    assert second.json()["job"] == first.json()["job"]
+    assert queue.count == 1
+
+
+def test_twenty_concurrent_copies_make_one_job(bridge, queue):
+    payload = json.dumps(load_fixture("LivechatSessionQueued__basic")).encode()
+
+    async def deliver_all():
+        async with httpx.AsyncClient(base_url=bridge.url, headers=HEADERS) as client:
+            return await asyncio.gather(*[client.post("/webhooks/livechat", content=payload) for _ in range(20)])
+
+    responses = asyncio.run(deliver_all())
+    assert [r.status_code for r in responses] == [200] * 20
+    outcomes = sorted(r.json()["outcome"] for r in responses)
+    assert outcomes == ["accepted"] + ["duplicate"] * 19
+    assert queue.count == 1
+
+
+def test_a_new_occurrence_of_the_same_room_makes_a_new_job(bridge, queue):
+    taken = load_fixture("LivechatSessionTaken__basic")
+    again = json.loads(json.dumps(taken))
+    again["servedBy"]["ts"] = "2026-11-24T12:00:00.000Z"
+    assert post(bridge, taken).json()["outcome"] == "accepted"
+    assert post(bridge, again).json()["outcome"] == "accepted"
+    assert queue.count == 2
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-RocketChat-Livechat-Token": "wrong"}, {"X-RocketChat-Livechat-Token": ""}])
+def test_a_missing_or_wrong_token_is_403_and_records_nothing(bridge, queue, redis_client, headers):
+    response = post(bridge, load_fixture("LivechatSessionQueued__basic"), headers=headers)
+    assert response.status_code == 403
+    assert "X-RocketChat-Livechat-Token" in response.json()["error"]
+    assert redis_client.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[1, 2]", "JSON object"),
+        (b"{}", "'type' is required"),
+        (b'{"type": "LivechatSessionQueued", "visitor": {"_id": "v"}}', "'_id' is required"),
+        (b'{"type": "LivechatSessionTaken", "_id": "room"}', "'servedBy' is required"),
+        (b'{"type": "LivechatSessionClosed", "_id": "room"}', "unknown event type"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_malformed_input_is_400_naming_the_problem(bridge, redis_client, body, says):
+    response = post(bridge, body)
+    assert response.status_code == 400
+    assert says in response.json()["error"]
+    assert redis_client.dbsize() == 0
+
+
+def test_a_declared_oversized_body_is_413_before_it_is_read(bridge, settings):
+    response = httpx.post(
+        f"{bridge.url}/webhooks/livechat",
+        content=b"{" + b" " * (settings.max_body_bytes + 10) + b"}",
+        headers=HEADERS,
+    )
+    assert response.status_code == 413
+    assert str(settings.max_body_bytes) in response.json()["error"]
+
+
+def test_a_streamed_oversized_body_is_413(bridge, settings):
+    def chunks():
+        for _ in range(settings.max_body_bytes // 65536 + 2):
+            yield b" " * 65536
+
+    response = httpx.post(f"{bridge.url}/webhooks/livechat", content=chunks(), headers=HEADERS)
+    assert response.status_code == 413
+
+
+def test_a_body_at_the_cap_is_accepted(bridge, settings):
+    payload = json.dumps(load_fixture("LivechatSessionQueued__basic")).encode()
+    padded = payload + b" " * (settings.max_body_bytes - len(payload))
+    assert post(bridge, padded).status_code == 200
+
+
+def test_redis_unreachable_is_503_and_a_retry_after_it_returns_is_accepted(bridge, queue, redis_server):
+    payload = load_fixture("LivechatSessionQueued__basic")
+    redis_server.stop()
+    response = post(bridge, payload)
+    assert response.status_code == 503
+    assert "Redis" in response.json()["error"]
+    ignored = post(bridge, load_fixture("LivechatOfflineMessage__basic"))
+    assert ignored.status_code == 200, "ignored events need no Redis"
+    redis_server.start()
+    retried = post(bridge, payload)
+    assert retried.status_code == 200
+    assert retried.json()["outcome"] == "accepted"
+    assert queue.count == 1
+
+
+def test_healthz_and_readyz(bridge, redis_server):
+    assert httpx.get(f"{bridge.url}/healthz").status_code == 200
+    assert httpx.get(f"{bridge.url}/readyz").json() == {"ok": True, "redis": "ok"}
+    redis_server.stop()
+    assert httpx.get(f"{bridge.url}/readyz").status_code == 503
+    assert httpx.get(f"{bridge.url}/healthz").status_code == 200
+
+
+def test_insecure_dev_mode_accepts_webhooks_without_a_token(settings, queue):
+    insecure = settings.replace(webhook_token="", insecure_dev=True)
+    with ServerThread(create_app(insecure)) as server:
+        response = post(server, load_fixture("LivechatSessionQueued__basic"), headers={})
+    assert response.status_code == 200
+    assert queue.count == 1

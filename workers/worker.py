@@ -1,0 +1,36 @@
+"""Running RQ workers for the bridge's queue.
+
+Worker class: ``SimpleWorker`` (runs jobs in the worker process). Our jobs are many and short (a Redis script
+and one or two Rocket.Chat calls); forking a work horse per job, as RQ's default ``Worker`` does, costs more than
+the job itself. The figures behind this choice are in the README (``bench/worker_classes.py``). A job that
+hangs is still bounded by its timeout (RQ's SIGALRM death penalty works in-process).
+
+Shutdown: on SIGTERM (Heroku's dyno stop) RQ's warm shutdown lets the current job finish, then exits. A worker
+killed outright leaves its job in RQ's started registry; the job carries a ``Retry`` and RQ's abandoned-job
+cleanup requeues it, so it is delayed but never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from bridge.settings import Settings
+from workers import context
+
+log = logging.getLogger("workers.worker")
+
+
+def build_worker(settings: Settings, connection: redis.Redis, name: str | None = None) -> SimpleWorker:
+    ctx = context.install(settings, connection)
+    return SimpleWorker([ctx.queue], connection=connection, serializer=JSONSerializer, name=name)
+
+
+def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
+    connection = redis.Redis.from_url(settings.require_redis(), socket_connect_timeout=5, health_check_interval=30)
+    worker = build_worker(settings, connection, name=name)
+    log.info("worker %s listening on queue %s", worker.name, settings.queue_name)
+    return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
