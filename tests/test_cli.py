@@ -1,0 +1,80 @@
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from bridge.cli import main
+from bridge.embedded import free_port
+from tests.support import fixture_names, load_fixture, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "variable"),
+    [
+        (["web"], {}, "ROCKETCHAT_WEBHOOK_TOKEN"),
+        (["web"], {"ROCKETCHAT_WEBHOOK_TOKEN": "t"}, "REDIS_URL"),
+        (["web"], {"PORT": "http"}, "PORT"),
+        (["worker"], {}, "REDIS_URL"),
+        (["worker"], {"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"),
+        (["up"], {"ROCKETCHAT_USER_ID": "uid"}, "ROCKETCHAT_AUTH_TOKEN"),
+    ],
+)
+def test_bad_configuration_stops_start_up_naming_the_variable(capsys, command, env, variable):
+    assert main(command, env=env) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"omnibridge: configuration error: {variable}")
+
+
+def test_up_runs_everything_on_an_embedded_redis_and_stops_cleanly():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PORT")}
+    env.update(ROCKETCHAT_WEBHOOK_TOKEN="cli-test-token", LOG_LEVEL="WARNING")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "up", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: _ready(port), timeout=30)
+        redis_url = re.search(r"embedded (redis://\S+)", "".join(lines)).group(1)
+        answers = [
+            httpx.post(
+                f"http://127.0.0.1:{port}/webhooks/livechat",
+                json=load_fixture(name),
+                headers={"X-RocketChat-Livechat-Token": "cli-test-token"},
+            )
+            for name in fixture_names()
+        ]
+        assert [a.status_code for a in answers] == [200] * len(answers)
+        jobs = [a.json()["job"] for a in answers if "job" in a.json()]
+        client = redis.Redis.from_url(redis_url)
+        wait_for(lambda: all(client.hget(f"rq:job:{j}", "status") == b"finished" for j in jobs), timeout=30)
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=40)
+        reader.join(timeout=5)
+        process.stdout.close()
+    output = "".join(lines)
+    assert status == 0, output
+    assert f"http://127.0.0.1:{port}/webhooks/livechat" in output
+    assert "cli-test-token" not in output
+    assert output.rstrip().endswith("omnibridge: stopped")
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False

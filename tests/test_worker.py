@@ -1,0 +1,56 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from rq.job import Job, JobStatus
+
+from bridge.app import create_app
+from bridge.jobqueue import enqueue, make_queue
+from tests.conftest import WEBHOOK_TOKEN
+from tests.support import ServerThread, load_fixture, wait_for
+from workers.worker import build_worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_jobs_made_by_webhooks_run_on_the_worker(settings, redis_client):
+    with ServerThread(create_app(settings)) as bridge:
+        ids = [
+            httpx.post(
+                f"{bridge.url}/webhooks/livechat",
+                json=load_fixture(name),
+                headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN},
+            ).json()["job"]
+            for name in ("LivechatSessionQueued__basic", "LivechatSession__closed_by_agent")
+        ]
+    worker = build_worker(settings, redis_client)
+    assert worker.work(burst=True)
+    for job_id in ids:
+        job = Job.fetch(job_id, connection=redis_client, serializer=make_queue(settings, redis_client).serializer)
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.return_value()
+
+
+@pytest.fixture
+def worker_process(settings):
+    env = dict(os.environ, REDIS_URL=settings.redis_url, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
+    process = subprocess.Popen([sys.executable, "-m", "bridge", "worker"], env=env, cwd=ROOT)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_sigterm_lets_the_running_job_finish(settings, redis_client, worker_process):
+    queue = make_queue(settings, redis_client)
+    job_id = enqueue(queue, settings, "tests.slow_jobs.sleep_then_mark", 1.5, "marker")
+    wait_for(lambda: redis_client.get("marker:started"), timeout=20)
+    worker_process.send_signal(signal.SIGTERM)
+    assert worker_process.wait(timeout=30) == 0
+    assert redis_client.get("marker") == b"done"
+    job = Job.fetch(job_id, connection=redis_client, serializer=queue.serializer)
+    assert job.get_status() == JobStatus.FINISHED
