@@ -1,4 +1,4 @@
-"""``omnibridge``: the command line. ``up`` (everything, for trying it), ``web`` and ``worker`` (the Procfile)."""
+"""``omnibridge``: ``up`` (everything, for trying it), ``web`` and ``worker`` (the Procfile), ``doctor``."""
 
 from __future__ import annotations
 
@@ -50,7 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--name", help="worker name (default: generated)")
     worker.set_defaults(run=run_worker)
+
+    doctor = commands.add_parser("doctor", help="check Redis, Rocket.Chat, the credentials and each permission")
+    doctor.set_defaults(run=run_doctor)
     return parser
+
+
+def run_doctor(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    from bridge.doctor import FAIL, render, run_checks
+
+    checks = run_checks(settings)
+    print(render(checks))
+    return 1 if any(check.result == FAIL for check in checks) else 0
 
 
 def run_web(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:

@@ -29,3 +29,45 @@ class UnknownEventType(InvalidEvent):
 
 class RecordingFailed(BridgeError):
     """An accepted event could not be made durable (Redis unreachable, or answering errors)."""
+
+
+class RocketChatError(BridgeError):
+    """Rocket.Chat answered with an error, or could not be reached. Messages say what to do about it."""
+
+    transient = False
+
+    def __init__(self, message: str, route: str = "", status: int | None = None, error_type: str | None = None):
+        super().__init__(message)
+        self.route = route
+        self.status = status
+        self.error_type = error_type
+
+
+class CredentialsRejected(RocketChatError):
+    """401, also after logging in again: the configured user id/token or username/password are wrong."""
+
+
+class PermissionDenied(RocketChatError):
+    """403: the service account lacks a permission; ``permission`` names it. Permanent until an admin fixes it."""
+
+    def __init__(self, message: str, route: str, status: int, permission: str) -> None:
+        super().__init__(message, route, status, "forbidden")
+        self.permission = permission
+
+
+class RequestRejected(RocketChatError):
+    """400: Rocket.Chat refused the request; ``error_type`` is its error code (``error-inquiry-taken``, ...)."""
+
+
+class NotFound(RocketChatError):
+    """404: the route does not exist on this server version, or the resource does not."""
+
+
+class RocketChatUnavailable(RocketChatError):
+    """5xx, timeouts, connection errors or rate limits that outlasted the bounded retries. Worth retrying later."""
+
+    transient = True
+
+
+class BudgetExhausted(RocketChatUnavailable):
+    """The deployment-wide call budget for a route allows no call within the time we may wait."""

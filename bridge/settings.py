@@ -42,6 +42,14 @@ class Settings:
     job_retries: int = 5
     log_format: str = "text"
     log_level: str = "INFO"
+    rocketchat_timeout: float = 10.0
+    rocketchat_retries: int = 4
+    rocketchat_calls_per_minute: int = 8
+    agent_source: str = "auto"
+    accept_idle_agents: bool = False
+    directory_ttl_seconds: float = 10.0
+    directory_stale_seconds: float = 300.0
+    departments_ttl_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -67,6 +75,20 @@ class Settings:
             log_format=reader.choice("LOG_FORMAT", ("text", "json"), default=default.log_format),
             log_level=reader.choice(
                 "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), default=default.log_level, upper=True
+            ),
+            rocketchat_timeout=float(reader.integer("ROCKETCHAT_TIMEOUT_SECONDS", default=10, low=1, high=120)),
+            rocketchat_retries=reader.integer("ROCKETCHAT_RETRIES", default=default.rocketchat_retries, low=0, high=10),
+            rocketchat_calls_per_minute=reader.integer(
+                "ROCKETCHAT_CALLS_PER_MINUTE", default=default.rocketchat_calls_per_minute, low=0, high=100_000
+            ),
+            agent_source=reader.choice("AGENT_SOURCE", ("auto", "available", "users"), default=default.agent_source),
+            accept_idle_agents=reader.boolean("ACCEPT_IDLE_AGENTS"),
+            directory_ttl_seconds=float(reader.integer("DIRECTORY_TTL_SECONDS", default=10, low=1, high=3600)),
+            directory_stale_seconds=float(
+                reader.integer("DIRECTORY_STALE_SECONDS", default=300, low=0, high=86_400)
+            ),
+            departments_ttl_seconds=float(
+                reader.integer("DEPARTMENTS_TTL_SECONDS", default=300, low=1, high=86_400)
             ),
         )
         settings.check_rocketchat_credentials()

@@ -44,3 +44,37 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, webhook_token=Secret(WEBHOOK_TOKEN))
+
+
+@pytest.fixture
+def rc_state():
+    from bridge.sandbox.state import SandboxState
+
+    return SandboxState("7.13.9", seed=7)
+
+
+@pytest.fixture
+def rc_server(rc_state):
+    from bridge.sandbox.server import SandboxServer
+
+    with SandboxServer(rc_state) as server:
+        yield server
+
+
+@pytest.fixture
+def service_account(rc_state):
+    from tests.team import add_service_account
+
+    return add_service_account(rc_state)
+
+
+@pytest.fixture
+def rc_settings(settings, rc_server, service_account) -> Settings:
+    """Settings of a bridge that talks to the Rocket.Chat double as the service account."""
+    return settings.replace(
+        rocketchat_url=rc_server.url,
+        rocketchat_user_id=service_account.user_id,
+        rocketchat_auth_token=Secret(service_account.token),
+        rocketchat_retries=3,
+        rocketchat_timeout=2.0,
+    )

@@ -54,3 +54,28 @@ def test_sigterm_lets_the_running_job_finish(settings, redis_client, worker_proc
     assert redis_client.get("marker") == b"done"
     job = Job.fetch(job_id, connection=redis_client, serializer=queue.serializer)
     assert job.get_status() == JobStatus.FINISHED
+
+
+def test_taken_forwarded_and_closed_webhooks_keep_agent_load(settings, redis_client):
+    from bridge.load import LoadBook
+
+    taken = load_fixture("LivechatSessionTaken__basic")
+    forwarded = load_fixture("LivechatSessionForwarded__to_agent")
+    closed = load_fixture("LivechatSession__closed_by_agent")
+    assert taken["_id"] == forwarded["_id"] == closed["_id"]
+    book = LoadBook(redis_client)
+    worker = build_worker(settings, redis_client)
+    with ServerThread(create_app(settings)) as bridge:
+        def deliver(payload):
+            httpx.post(f"{bridge.url}/webhooks/livechat", json=payload,
+                       headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}).raise_for_status()
+            worker.work(burst=True)
+
+        deliver(taken)
+        assert book.counts() == {taken["servedBy"]["_id"]: 1}
+        deliver(forwarded)
+        assert book.counts() == {forwarded["servedBy"]["_id"]: 1}
+        deliver(taken)  # a redelivery of the first event changes nothing
+        assert book.counts() == {forwarded["servedBy"]["_id"]: 1}
+        deliver(closed)
+        assert book.counts() == {}

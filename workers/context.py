@@ -1,26 +1,43 @@
-"""What a job needs besides its arguments (settings, Redis), built once per worker process.
+"""What a job needs besides its arguments (settings, Redis, Rocket.Chat), built once per worker process.
 
 ``omnibridge worker`` installs it at start; a job run by RQ's own ``rq worker`` command builds it from the
-environment on first use, so both ways of running workers behave the same.
+environment on first use, so both ways of running workers behave the same. The Rocket.Chat client is made on
+first use: one pooled HTTP client per process.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from rq import Queue
 
+from bridge.budget import CallBudget
+from bridge.directory import AgentDirectory
 from bridge.jobqueue import make_queue
+from bridge.load import LoadBook
+from bridge.rocketchat import RocketChat
 from bridge.settings import Settings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class WorkerContext:
     settings: Settings
     redis: redis.Redis
     queue: Queue
+    load: LoadBook
+    _rocketchat: RocketChat | None = field(default=None, repr=False)
+
+    def rocketchat(self) -> RocketChat:
+        if self._rocketchat is None:
+            budget = CallBudget(self.redis, self.settings.rocketchat_calls_per_minute)
+            self._rocketchat = RocketChat(self.settings, budget=budget)
+        return self._rocketchat
+
+    @property
+    def directory(self) -> AgentDirectory:
+        return AgentDirectory(self.settings, self.redis, self.rocketchat)
 
 
 _current: WorkerContext | None = None
@@ -28,7 +45,9 @@ _current: WorkerContext | None = None
 
 def install(settings: Settings, connection: redis.Redis) -> WorkerContext:
     global _current
-    _current = WorkerContext(settings=settings, redis=connection, queue=make_queue(settings, connection))
+    if _current is not None and _current._rocketchat is not None:
+        _current._rocketchat.close()
+    _current = WorkerContext(settings, connection, make_queue(settings, connection), LoadBook(connection))
     return _current
 
 
