@@ -23,9 +23,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis
 import redis.asyncio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,6 +36,7 @@ from starlette.routing import Route
 from bridge.errors import InvalidEvent
 from bridge.events import parse_event
 from bridge.jobqueue import EventRecorder
+from bridge.metrics import Metrics, registry_for
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.web")
@@ -134,6 +138,18 @@ def create_app(settings: Settings) -> Starlette:
             return answer(503, ok=False, redis=f"unreachable ({type(error).__name__})")
         return answer(200, ok=True, redis="ok")
 
+    sync_connection = redis.Redis.from_url(
+        settings.require_redis(), socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    registry = registry_for(Metrics(sync_connection))
+
+    async def metrics(request: Request) -> Response:
+        try:
+            text = await run_in_threadpool(generate_latest, registry)
+        except (RedisError, OSError) as error:
+            return answer(503, ok=False, error=f"metrics unavailable: Redis {type(error).__name__}")
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
     async def unexpected_error(request: Request, error: Exception) -> Response:
         # A safety net, not a path: every expected failure above has its own answer. 503 makes Rocket.Chat retry.
         log.exception("unexpected error while answering %s %s", request.method, request.url.path)
@@ -143,12 +159,14 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await connection.aclose()
+        sync_connection.close()
 
     app = Starlette(
         routes=[
             Route("/webhooks/livechat", livechat_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={Exception: unexpected_error},
         lifespan=lifespan,

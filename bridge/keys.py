@@ -53,3 +53,8 @@ def room_agent() -> str:
 def closed_room(room_id: str) -> str:
     """Marks a room as closed, so a late 'taken' event for it does not count against an agent."""
     return f"{PREFIX}closed:{room_id}"
+
+
+def metrics() -> str:
+    """Hash: counter name and labels (JSON) -> total, shared by every process."""
+    return f"{PREFIX}metrics"

@@ -32,6 +32,7 @@ from bridge.errors import (
     RocketChatError,
     RocketChatUnavailable,
 )
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.rocketchat")
@@ -85,6 +86,7 @@ class RocketChat:
         self,
         settings: Settings,
         budget: CallBudget | None = None,
+        metrics: Metrics | None = None,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -92,6 +94,7 @@ class RocketChat:
             raise ConfigError("ROCKETCHAT_URL", "is required to call Rocket.Chat")
         self.settings = settings
         self.budget = budget
+        self.metrics = metrics
         self.sleep = sleep
         self.http = http or httpx.Client(
             base_url=settings.rocketchat_url,
@@ -129,15 +132,17 @@ class RocketChat:
         relogged = False
         attempt = 0
         while True:
-            if self.budget is not None:
-                self.budget.take(name, max_wait=budget_wait)
+            if self.budget is not None and self.budget.take(name, max_wait=budget_wait) and self.metrics:
+                self.metrics.inc("omnibridge_rate_limit_waits", route=name)
             headers = self._auth_headers() if auth else {}
             try:
                 response = self.http.request(method, url, params=params, json=json, headers=headers)
             except httpx.TransportError as error:
+                self._count(name, type(error).__name__)
                 attempt = self._backoff(name, attempt, f"{type(error).__name__}")
                 continue
             status = response.status_code
+            self._count(name, str(status))
             log.debug("rocket.chat %s > %s", name, status, extra={"route": name, "status": status})
             if status == 200:
                 return _json(response, name)
@@ -153,6 +158,10 @@ class RocketChat:
                 attempt = self._backoff(name, attempt, f"HTTP {status}")
                 continue
             raise self._error(name, status, body)
+
+    def _count(self, name: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("omnibridge_rocketchat_calls", route=name, status=status)
 
     def _auth_headers(self) -> dict[str, str]:
         if not self._token and self.settings.rocketchat_username:
@@ -202,6 +211,8 @@ class RocketChat:
             )
         log.warning("rocket.chat %s rate-limited; waiting %.2f s until X-RateLimit-Reset", name, wait,
                     extra={"route": name, "status": 429})
+        if self.metrics is not None:
+            self.metrics.inc("omnibridge_rate_limit_waits", route=name)
         self.sleep(wait + 0.05)
         return attempt
 

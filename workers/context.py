@@ -14,9 +14,11 @@ import redis
 from rq import Queue
 
 from bridge.budget import CallBudget
+from bridge.cache import SharedCache
 from bridge.directory import AgentDirectory
 from bridge.jobqueue import make_queue
 from bridge.load import LoadBook
+from bridge.metrics import Metrics
 from bridge.rocketchat import RocketChat
 from bridge.settings import Settings
 
@@ -32,12 +34,19 @@ class WorkerContext:
     def rocketchat(self) -> RocketChat:
         if self._rocketchat is None:
             budget = CallBudget(self.redis, self.settings.rocketchat_calls_per_minute)
-            self._rocketchat = RocketChat(self.settings, budget=budget)
+            self._rocketchat = RocketChat(self.settings, budget=budget, metrics=self.metrics)
         return self._rocketchat
 
     @property
+    def metrics(self) -> Metrics:
+        return Metrics(self.redis)
+
+    @property
     def directory(self) -> AgentDirectory:
-        return AgentDirectory(self.settings, self.redis, self.rocketchat)
+        cache = SharedCache(
+            self.redis, on_outcome=lambda name, outcome: self.metrics.inc("omnibridge_directory_lookups", outcome=outcome)
+        )
+        return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
 
 
 _current: WorkerContext | None = None
