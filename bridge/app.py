@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,9 +27,11 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from bridge.api import api_routes
+from bridge.bodies import BodyTooLarge, answer, decode_json, read_body, token_matches
 from bridge.errors import InvalidEvent
 from bridge.events import parse_event
 from bridge.jobqueue import EventRecorder
@@ -43,49 +42,6 @@ log = logging.getLogger("bridge.web")
 
 WEBHOOK_TOKEN_HEADER = "x-rocketchat-livechat-token"
 REDIS_TIMEOUT_SECONDS = 2.0
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def answer(status: int, **body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes: a declared or streamed body past the cap is refused, never buffered whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidEvent("Content-Length header is not a number")
-        if int(declared) > limit:
-            raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def decode_json(body: bytes) -> object:
-    try:
-        return json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidEvent("the body is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise InvalidEvent(f"the body is not valid JSON ({error.msg} at position {error.pos})") from None
-    except RecursionError:
-        raise InvalidEvent("the body is nested too deeply") from None
-
-
-def token_matches(provided: str | None, expected: str) -> bool:
-    """Constant-time comparison; hashing first makes a wrong-length token take as long to refuse as any other."""
-    given = hashlib.sha256((provided or "").encode()).digest()
-    return hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest())
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -167,6 +123,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *api_routes(settings, sync_connection),
         ],
         exception_handlers={Exception: unexpected_error},
         lifespan=lifespan,

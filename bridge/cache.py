@@ -88,6 +88,11 @@ class SharedCache:
             if self.clock() > deadline:
                 return self._stale_or_raise(name, entry, ttl, stale_max, last_error)
 
+    def peek(self, name: str) -> Cached | None:
+        """The entry as it is, whatever its age, without calling Rocket.Chat (for request paths)."""
+        entry = self._read(name)
+        return Cached(entry["value"], self.clock() - entry["at"], "hit") if entry else None
+
     def invalidate(self, name: str) -> None:
         self.connection.delete(keys.cached(name))
 

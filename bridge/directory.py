@@ -78,6 +78,21 @@ class AgentDirectory:
         agents = [Agent.from_dict(item) for item in cached.value]
         return Listing(agents, self.load.counts(), stale=cached.stale, age=cached.age, source=source)
 
+    def peek(self, extension: str | None = None) -> tuple[Listing | None, bool]:
+        """The cached listing without calling Rocket.Chat, and whether it is due for a refresh."""
+        source = self.settings.agent_source
+        if source == "auto":
+            detected = self.cache.peek("agent-source")
+            if detected is None:
+                return None, True
+            source = str(detected.value)
+        cached = self.cache.peek(f"agents:{source}:{extension or '-'}")
+        if cached is None or cached.age > self.settings.directory_ttl_seconds + self.settings.directory_stale_seconds:
+            return None, True
+        agents = [Agent.from_dict(item) for item in cached.value]
+        stale = cached.age > self.settings.directory_ttl_seconds
+        return Listing(agents, self.load.counts(), stale=stale, age=cached.age, source=source), stale
+
     def source(self) -> str:
         if self.settings.agent_source != "auto":
             return self.settings.agent_source

@@ -98,3 +98,47 @@ def department_members(rc: RocketChat, **kwargs: Any) -> dict[str, list[str]]:
             link["agentId"] for link in links if isinstance(link, dict) and isinstance(link.get("agentId"), str)
         ]
     return members
+
+
+def inquiry_for_room(rc: RocketChat, room_id: str) -> dict[str, Any] | None:
+    """``GET livechat/inquiries.getOne?roomId=``: the room's inquiry, or None once it is gone."""
+    inquiry = rc.request("GET", "/api/v1/livechat/inquiries.getOne", params={"roomId": room_id}).get("inquiry")
+    return inquiry if isinstance(inquiry, dict) else None
+
+
+def take_inquiry(rc: RocketChat, inquiry_id: str, user_id: str) -> None:
+    """``POST livechat/inquiries.take`` on behalf of an agent (needs only view-l-room)."""
+    rc.request("POST", "/api/v1/livechat/inquiries.take", json={"inquiryId": inquiry_id, "userId": user_id})
+
+
+def forward_room(rc: RocketChat, room_id: str, user_id: str | None = None, department_id: str | None = None) -> None:
+    """``POST livechat/room.forward`` to an agent or a department (needs transfer-livechat-guest)."""
+    body: dict[str, Any] = {"roomId": room_id}
+    if user_id:
+        body["userId"] = user_id
+    if department_id:
+        body["departmentId"] = department_id
+    rc.request("POST", "/api/v1/livechat/room.forward", json=body)
+
+
+def open_rooms_of(rc: RocketChat, agent_id: str) -> set[str]:
+    """Ids of the agent's open livechat rooms (``livechat/rooms?agents[]=..&open=true``)."""
+    params = {"agents[]": agent_id, "open": "true"}
+    return {
+        room["_id"] for room in _pages(rc, "/api/v1/livechat/rooms", "rooms", params)
+        if isinstance(room, dict) and isinstance(room.get("_id"), str)
+    }
+
+
+def assign_extension(rc: RocketChat, username: str, extension: str) -> None:
+    """``POST omnichannel/agent/extension`` (7.x; needs manage-agent-extension-association)."""
+    rc.request("POST", "/api/v1/omnichannel/agent/extension", json={"username": username, "extension": extension})
+
+
+def remove_extension(rc: RocketChat, username: str) -> None:
+    rc.request("DELETE", "/api/v1/omnichannel/agent/extension/{username}", path={"username": username})
+
+
+def queued_inquiries(rc: RocketChat) -> list[dict[str, Any]]:
+    """``GET livechat/inquiries.list`` (every queued inquiry; needs view-livechat-manager)."""
+    return [i for i in _pages(rc, "/api/v1/livechat/inquiries.list", "inquiries", {}) if isinstance(i, dict)]

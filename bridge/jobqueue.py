@@ -12,9 +12,11 @@ would turn Rocket.Chat's redelivery into a silent loss).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 import redis
 import redis.asyncio
 from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
@@ -24,6 +26,9 @@ from bridge.settings import Settings
 
 ROUTE_CHAT = "workers.jobs.route_chat"
 UPDATE_LOAD = "workers.jobs.update_load"
+ROUTE_VOICE = "workers.jobs.route_voice"
+REFRESH_DIRECTORY = "workers.jobs.refresh_directory"
+TICK = "workers.jobs.tick"
 
 # Event type -> job. Every type Rocket.Chat sends is a key; None means "answered 200, deliberately ignored".
 EVENT_JOBS: dict[str, str | None] = {
@@ -114,15 +119,33 @@ class EventRecorder:
         return Recorded("accepted" if created else "duplicate", job_id=job_id, job=func)
 
 
-def enqueue(queue: Queue, settings: Settings, func: str, *args: object, job_id: str | None = None) -> str:
-    """Worker side: enqueue a follow-up job (plain JSON-safe arguments only)."""
-    job = queue.enqueue_call(
-        func,
-        args=args,
-        job_id=job_id,
-        timeout=JOB_TIMEOUT_SECONDS,
-        result_ttl=RESULT_TTL_SECONDS,
-        failure_ttl=FAILURE_TTL_SECONDS,
-        retry=_retry(settings),
-    )
+def enqueue(
+    queue: Queue, settings: Settings, func: str, *args: object, job_id: str | None = None, unique: bool = False
+) -> str | None:
+    """Enqueue a job (plain JSON-safe arguments only). With ``unique``, None if a job with that id exists."""
+    try:
+        job = queue.enqueue_call(
+            func,
+            args=args,
+            job_id=job_id,
+            timeout=JOB_TIMEOUT_SECONDS,
+            result_ttl=RESULT_TTL_SECONDS,
+            failure_ttl=FAILURE_TTL_SECONDS,
+            retry=_retry(settings),
+            unique=unique,
+        )
+    except DuplicateJobError:
+        return None
+    return job.id
+
+
+def schedule(queue: Queue, settings: Settings, func: str, delay_seconds: float, job_id: str) -> str | None:
+    """Run ``func`` once after a delay; one job per ``job_id`` however many processes ask."""
+    try:
+        job = queue.enqueue_in(
+            timedelta(seconds=delay_seconds), func, job_id=job_id, unique=True, job_timeout=JOB_TIMEOUT_SECONDS,
+            result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS, retry=_retry(settings),
+        )
+    except DuplicateJobError:
+        return None
     return job.id

@@ -58,3 +58,81 @@ def closed_room(room_id: str) -> str:
 def metrics() -> str:
     """Hash: counter name and labels (JSON) -> total, shared by every process."""
     return f"{PREFIX}metrics"
+
+
+def last_assigned() -> str:
+    """Hash: agent id -> epoch seconds of their last reservation (for rotation and tie-breaks)."""
+    return f"{PREFIX}last-assigned"
+
+
+def pending_prefix() -> str:
+    """Prefix of per-agent sorted sets of External Service reservations (token -> expiry ms)."""
+    return f"{PREFIX}pending:"
+
+
+def waiting(department_id: str | None) -> str:
+    """Sorted set of rooms waiting for an agent in one department ('-' for none), by priority then arrival."""
+    return f"{PREFIX}waiting:{department_id or '-'}"
+
+
+def waiting_departments() -> str:
+    """Set of departments that have a waiting sorted set."""
+    return f"{PREFIX}waiting-departments"
+
+
+def waiting_chat(room_id: str) -> str:
+    """Hash: what routing needs to know about a waiting room (department, inquiry, visitor, attempts...)."""
+    return f"{PREFIX}chat:{room_id}"
+
+
+def decisions(room_id: str) -> str:
+    """List of routing decisions (JSON) for one room, oldest first, bounded and expiring."""
+    return f"{PREFIX}decisions:{room_id}"
+
+
+def recent_decisions() -> str:
+    """Capped list of the latest decisions across rooms (JSON), newest first."""
+    return f"{PREFIX}recent-decisions"
+
+
+def visitor_agent(visitor_id: str) -> str:
+    """The agent who last served a visitor, and when (for the previous-agent strategy)."""
+    return f"{PREFIX}visitor-agent:{visitor_id}"
+
+
+def drain_lock(department_id: str | None) -> str:
+    return f"{PREFIX}drain-lock:{department_id or '-'}"
+
+
+def drain_dirty(department_id: str | None) -> str:
+    """Set when a router found the drain lock taken, so the holder goes round once more."""
+    return f"{PREFIX}drain-dirty:{department_id or '-'}"
+
+
+def unavailable_agent(agent_id: str) -> str:
+    """Set for a while after Rocket.Chat said the agent is offline, until the directory catches up."""
+    return f"{PREFIX}agent-unavailable:{agent_id}"
+
+
+def routing_claim(room_id: str) -> str:
+    """Held by the one router working on a room right now (expires if that router dies)."""
+    return f"{PREFIX}routing:{room_id}"
+
+
+def recheck(room_id: str) -> str:
+    """Set by a router that skipped a claimed room, so the claim holder looks at it once more."""
+    return f"{PREFIX}recheck:{room_id}"
+
+
+def tick_slot(slot: int) -> str:
+    return f"{PREFIX}tick:{slot}"
+
+
+def reconcile_due() -> str:
+    """Exists while the last load reconciliation is recent enough."""
+    return f"{PREFIX}reconcile-due"
+
+
+def external_answer(query_digest: str) -> str:
+    """The answer given to one External Service query, shared by its parallel copies for a moment."""
+    return f"{PREFIX}external:{query_digest}"

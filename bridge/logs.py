@@ -78,7 +78,10 @@ class TextFormatter(logging.Formatter):
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    return [settings.webhook_token, settings.rocketchat_auth_token, settings.rocketchat_password]
+    return [
+        settings.webhook_token, settings.rocketchat_auth_token, settings.rocketchat_password, settings.api_token,
+        settings.external_queue_token,
+    ]
 
 
 def configure(settings: Settings, stream: object = None) -> None:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
 
+STRATEGIES = ("least_loaded", "load_rotation", "previous_agent")
+
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
@@ -50,6 +52,18 @@ class Settings:
     directory_ttl_seconds: float = 10.0
     directory_stale_seconds: float = 300.0
     departments_ttl_seconds: float = 300.0
+    routing_strategy: str = "least_loaded"
+    strategy_by_department: tuple[tuple[str, str], ...] = ()
+    default_max_chats: int = 3
+    previous_agent_window_seconds: int = 86_400
+    api_token: Secret = field(default=Secret(""))
+    external_queue_token: Secret = field(default=Secret(""))
+    decision_retention_seconds: int = 7 * 86_400
+    tick_seconds: int = 5
+    load_reconcile_seconds: int = 300
+
+    def strategy_for(self, department_id: str | None) -> str:
+        return dict(self.strategy_by_department).get(department_id or "", self.routing_strategy)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -89,6 +103,21 @@ class Settings:
             ),
             departments_ttl_seconds=float(
                 reader.integer("DEPARTMENTS_TTL_SECONDS", default=300, low=1, high=86_400)
+            ),
+            routing_strategy=reader.choice("ROUTING_STRATEGY", STRATEGIES, default=default.routing_strategy),
+            strategy_by_department=reader.pairs("ROUTING_STRATEGY_BY_DEPARTMENT", STRATEGIES),
+            default_max_chats=reader.integer("DEFAULT_MAX_CHATS", default=default.default_max_chats, low=0, high=1000),
+            previous_agent_window_seconds=reader.integer(
+                "PREVIOUS_AGENT_WINDOW_SECONDS", default=default.previous_agent_window_seconds, low=0, high=90 * 86_400
+            ),
+            api_token=Secret(reader.text("BRIDGE_API_TOKEN") or ""),
+            external_queue_token=Secret(reader.text("ROCKETCHAT_EXTERNAL_QUEUE_TOKEN") or ""),
+            decision_retention_seconds=reader.integer(
+                "DECISION_RETENTION_SECONDS", default=default.decision_retention_seconds, low=60, high=365 * 86_400
+            ),
+            tick_seconds=reader.integer("TICK_SECONDS", default=default.tick_seconds, low=1, high=3600),
+            load_reconcile_seconds=reader.integer(
+                "LOAD_RECONCILE_SECONDS", default=default.load_reconcile_seconds, low=10, high=86_400
             ),
         )
         settings.check_rocketchat_credentials()
@@ -152,6 +181,20 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(name, f"must be between {low} and {high}, got {number}")
         return number
+
+    def pairs(self, name: str, choices: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """``key=value,key=value`` (for example department id = strategy)."""
+        value = self.text(name)
+        if value is None:
+            return ()
+        result = []
+        for item in value.split(","):
+            key, sep, choice = (part.strip() for part in item.partition("="))
+            if not sep or not key or choice not in choices:
+                raise ConfigError(name, f"must be department=strategy pairs separated by commas, strategies: "
+                                        f"{', '.join(choices)}")
+            result.append((key, choice))
+        return tuple(result)
 
     def boolean(self, name: str) -> bool:
         value = (self.env.get(name) or "").strip().lower()

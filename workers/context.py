@@ -20,6 +20,7 @@ from bridge.jobqueue import make_queue
 from bridge.load import LoadBook
 from bridge.metrics import Metrics
 from bridge.rocketchat import RocketChat
+from bridge.router import Router
 from bridge.settings import Settings
 
 
@@ -47,6 +48,10 @@ class WorkerContext:
             self.redis, on_outcome=lambda name, outcome: self.metrics.inc("omnibridge_directory_lookups", outcome=outcome)
         )
         return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
+
+    @property
+    def router(self) -> Router:
+        return Router(self.settings, self.redis, self.rocketchat, self.directory, self.load)
 
 
 _current: WorkerContext | None = None

@@ -4,29 +4,78 @@ from __future__ import annotations
 
 import logging
 
-from bridge.events import ChatClosed, ChatForwarded, ChatTaken, event_from_dict
+from bridge import keys
+from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, event_from_dict
 from workers.context import current
 
 log = logging.getLogger("workers.jobs")
 
 
 def route_chat(event: dict) -> str:
-    """``LivechatSessionQueued``: find an agent for the chat."""
+    """``LivechatSessionQueued``: put the chat in the routing queue and route what can be routed now."""
     chat = event_from_dict(event)
-    return f"queued chat {chat.room_id} received"
+    assert isinstance(chat, ChatQueued)
+    return current().router.chat_queued(chat)
 
 
 def update_load(event: dict) -> str:
     """``LivechatSessionTaken`` / ``Forwarded`` / ``LivechatSession``: move the room between agents' counts.
 
-    Idempotent: the load book records which agent serves which room, so a second run changes nothing.
+    Idempotent: the load book records which agent serves which room, so a second run changes nothing. A served
+    chat leaves the routing queue (whoever took it); a closed one frees capacity, so waiting chats are routed.
     """
     change = event_from_dict(event)
-    load = current().load
+    ctx = current()
     if isinstance(change, ChatClosed):
-        previous = load.close(change.room_id)
-        return f"room {change.room_id} closed; released from agent {previous or '(none)'}"
+        previous = ctx.load.close(change.room_id)
+        ctx.router.waiting.remove(change.room_id)
+        routed = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
+        return f"room {change.room_id} closed; released from agent {previous or '(none)'}; {routed}"
     if isinstance(change, ChatTaken | ChatForwarded) and change.agent is not None:
-        previous = load.assign(change.room_id, change.agent.id)
-        return f"room {change.room_id} served by {change.agent.id} (was {previous or 'nobody'})"
+        previous = ctx.load.assign(change.room_id, change.agent.id)
+        ctx.router.waiting.remove(change.room_id)
+        freed = previous and previous != change.agent.id
+        routed = ctx.router.drain() if freed and ctx.router.waiting.count() else "no capacity freed"
+        return f"room {change.room_id} served by {change.agent.id} (was {previous or 'nobody'}); {routed}"
     return f"room {change.room_id}: no agent in {change.TYPE}, load unchanged"
+
+
+def drain() -> str:
+    """Route whatever waiting chats can be routed now (scheduled, or after capacity appeared)."""
+    return current().router.drain()
+
+
+def route_voice(request_id: str, extension: str, department_id: str | None) -> str:
+    """``POST /voice/route``: associate the extension with an available agent."""
+    from bridge.voice import route_extension
+
+    ctx = current()
+    return route_extension(request_id, extension, department_id, ctx.directory, ctx.rocketchat, ctx.load,
+                           ctx.router.decisions, ctx.router.policy(department_id))
+
+
+def refresh_directory() -> str:
+    """Asked by the web process when the External Service found the cached directory due for a refresh."""
+    listing = current().directory.agents()
+    return f"directory: {len(listing.agents)} agents{' (stale)' if listing.stale else ''}"
+
+
+def tick() -> str:
+    """Every ``TICK_SECONDS``: route what waits, check the load against Rocket.Chat when due, schedule the next.
+
+    The chain is kept unique per time slot, so however many workers start it there is one tick per slot.
+    """
+    from workers.schedule import schedule_tick
+
+    ctx = current()
+    try:
+        if not ctx.settings.rocketchat_url:
+            return ctx.router.drain()
+        outcome = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
+        if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
+            from bridge.reconcile import reconcile_load
+
+            outcome += "; " + reconcile_load(ctx.rocketchat(), ctx.directory, ctx.load)
+        return outcome
+    finally:
+        schedule_tick(ctx)

@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 
 from bridge.settings import Settings
 from workers import context
+from workers.schedule import schedule_tick
 
 log = logging.getLogger("workers.worker")
 
@@ -32,5 +33,6 @@ def build_worker(settings: Settings, connection: redis.Redis, name: str | None =
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
     connection = redis.Redis.from_url(settings.require_redis(), socket_connect_timeout=5, health_check_interval=30)
     worker = build_worker(settings, connection, name=name)
+    schedule_tick(context.current())
     log.info("worker %s listening on queue %s", worker.name, settings.queue_name)
     return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)

@@ -1,0 +1,278 @@
+"""Routing queued chats: from the waiting queue to ``inquiries.take`` for the chosen agent, explained.
+
+A chat enters the waiting queue when Rocket.Chat queues it; ``drain()`` then walks each department's queue in
+order. For each chat: claim it (one router per room at a time), choose (``routing.choose``), reserve atomically
+(``LoadBook.reserve``), and take the inquiry for that agent. Rocket.Chat's answers decide what happens next:
+
+| Rocket.Chat says | the bridge |
+|---|---|
+| success | served: the chat leaves the queue; the decision names the agent and every candidate |
+| ``error-agent-status-service-offline``, ``error-user-is-offline``, unknown user | releases the reservation, treats the agent as offline until the directory catches up, tries the next |
+| ``error-inquiry-taken`` | someone else took it: served, not an error (the ``taken`` webhook counts it) |
+| ``error-not-found`` / no inquiry | the chat was closed or abandoned: it leaves the queue |
+| 5xx, timeouts (after the client's retries) | releases, keeps the chat waiting, fails the job so RQ retries it |
+| 401, 403 | releases, keeps the chat waiting, records the failure (it says what to fix) and fails the job |
+
+Nobody free is not a failure: the chat keeps its place and is routed when capacity appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from bridge import endpoints, keys
+from bridge.decisions import DecisionLog
+from bridge.directory import AgentDirectory, Listing
+from bridge.errors import RequestRejected, RocketChatError, RocketChatUnavailable
+from bridge.events import ChatQueued
+from bridge.load import LoadBook
+from bridge.rocketchat import RocketChat
+from bridge.routing import Choice, Policy, Request, choose
+from bridge.settings import Settings
+from bridge.waiting import NO_PRIORITY, WaitingChat, WaitingQueue
+
+log = logging.getLogger("bridge.router")
+
+OFFLINE_ERRORS = frozenset({"error-agent-status-service-offline", "error-user-is-offline", "error-invalid-agent"})
+CLAIM_SECONDS = 30
+MAX_TAKE_ATTEMPTS = 5
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        connection: redis.Redis,
+        rocketchat: Callable[[], RocketChat],
+        directory: AgentDirectory,
+        load: LoadBook,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.connection = connection
+        self.rocketchat = rocketchat
+        self.directory = directory
+        self.load = load
+        self.clock = clock
+        self.waiting = WaitingQueue(connection)
+        self.decisions = DecisionLog(connection, settings.decision_retention_seconds)
+
+    # -- entry points ---------------------------------------------------------------------------------
+
+    def chat_queued(self, chat: ChatQueued) -> str:
+        added = self.waiting.add(WaitingChat(
+            room_id=chat.room_id,
+            department_id=chat.department_id,
+            queued_at=_epoch(chat.created_at) or self.clock(),
+            visitor_id=chat.visitor_id,
+        ))
+        outcome = self.drain([chat.department_id])
+        return f"chat {chat.room_id} {'entered' if added else 'was already in'} the queue; {outcome}"
+
+    def drain(self, departments: Iterable[str | None] | None = None) -> str:
+        """Route every waiting chat that can be routed now, department by department, in queue order."""
+        if not self.settings.rocketchat_url:
+            return f"Rocket.Chat is not configured (ROCKETCHAT_URL): {self.waiting.count()} waiting"
+        routed = 0
+        listing: list[Listing] = []  # fetched once per drain, on first need
+        for department in list(departments) if departments is not None else self.waiting.departments():
+            for room_id in self.waiting.room_ids(department):
+                outcome = self._route_claimed(room_id, listing)
+                routed += outcome == "routed"
+                if outcome == "no-capacity":
+                    break  # the chats behind it in this department have the same candidates
+        return f"routed {routed}, {self.waiting.count()} waiting"
+
+    # -- one chat -------------------------------------------------------------------------------------
+
+    def _route_claimed(self, room_id: str, listing: list[Listing]) -> str:
+        claim = self.connection.lock(keys.routing_claim(room_id), timeout=CLAIM_SECONDS, blocking=False)
+        if not claim.acquire():
+            self.connection.set(keys.recheck(room_id), "1", ex=CLAIM_SECONDS)
+            return "claimed"
+        try:
+            while True:
+                outcome = self._route(room_id, listing)
+                # Capacity may have appeared while we held the claim and another router skipped this room.
+                if outcome in ("no-capacity", "waiting") and self.connection.getdel(keys.recheck(room_id)):
+                    listing.clear()
+                    continue
+                return outcome
+        finally:
+            try:
+                claim.release()
+            except redis.exceptions.LockError:
+                log.warning("routing claim on %s expired before release", room_id, extra={"room_id": room_id})
+
+    def _route(self, room_id: str, listing: list[Listing]) -> str:
+        chat = self.waiting.get(room_id)
+        if chat is None:
+            return "gone"
+        rc = self.rocketchat()
+        if chat.inquiry_id is None:
+            found = self._find_inquiry(rc, chat)
+            if isinstance(found, str):
+                return found
+            chat = found
+        if not listing:
+            listing.append(self.directory.agents())
+        policy = self.policy(chat.department_id)
+        attempts: list[dict[str, Any]] = []
+        for _ in range(MAX_TAKE_ATTEMPTS):
+            choice = choose(
+                listing[0].agents, self.load.counts(), self.load.last_assigned(),
+                self._request(chat, listing[0]), policy, self.clock(),
+            )
+            reservation = self.load.reserve(room_id, [(c.id, c.capacity) for c in choice.ranked])
+            if reservation.outcome == "closed":
+                return self._leave(chat, "closed", "the room was closed", choice, listing[0], attempts)
+            if reservation.outcome == "already" and reservation.agent_id != chat.reserved_for:
+                return self._leave(chat, "served", f"served by {reservation.agent_id} (taken webhook)", choice,
+                                   listing[0], attempts, agent_id=reservation.agent_id)
+            if reservation.outcome == "full":
+                return self._wait(chat, choice, listing[0], attempts)
+            agent_id = reservation.agent_id or ""
+            resumed = reservation.outcome == "already"
+            chat = replace(chat, reserved_for=agent_id, attempts=chat.attempts + 1)
+            self.waiting.update(chat)
+            result = self._take(rc, chat, agent_id, resumed)
+            attempts.append({"agent_id": agent_id, "result": result})
+            if result == "taken":
+                self._remember_visitor(chat, agent_id)
+                return self._leave(chat, "routed", "inquiry taken for the agent", choice, listing[0], attempts,
+                                   agent_id=agent_id)
+            if result == "inquiry-taken":
+                return self._leave(chat, "served", "Rocket.Chat says the inquiry was already taken", choice,
+                                   listing[0], attempts)
+            if result == "not-found":
+                return self._leave(chat, "gone", "the inquiry no longer exists", choice, listing[0], attempts)
+            chat = replace(chat, reserved_for=None)
+            if result != "offline":
+                chat = replace(chat, excluded=(*chat.excluded, agent_id))
+            self.waiting.update(chat)
+        return self._wait(chat, choice, listing[0], attempts)
+
+    def _find_inquiry(self, rc: RocketChat, chat: WaitingChat) -> WaitingChat | str:
+        inquiry = endpoints.inquiry_for_room(rc, chat.room_id)
+        if inquiry is None or not isinstance(inquiry.get("_id"), str):
+            return self._leave(chat, "gone", "Rocket.Chat has no inquiry for the room", None, None, [])
+        if inquiry.get("status") == "taken":
+            return self._leave(chat, "served", "the inquiry was already taken", None, None, [])
+        weight = inquiry.get("priorityWeight")
+        priority = weight if isinstance(weight, int) and not isinstance(weight, bool) else NO_PRIORITY
+        chat = replace(chat, inquiry_id=inquiry["_id"], priority=priority)
+        self.waiting.update(chat)
+        return chat
+
+    def _take(self, rc: RocketChat, chat: WaitingChat, agent_id: str, resumed: bool) -> str:
+        """Take the inquiry for the agent; returns taken | inquiry-taken | not-found | offline | refused."""
+        try:
+            endpoints.take_inquiry(rc, chat.inquiry_id or "", agent_id)
+            return "taken"
+        except RequestRejected as error:
+            code = error.error_type or ""
+            if code == "error-inquiry-taken":
+                if not resumed:  # ours only if an interrupted attempt of ours took it; else someone else did
+                    self.load.release(chat.room_id, agent_id)
+                return "inquiry-taken"
+            self.load.release(chat.room_id, agent_id)
+            if code == "error-not-found":
+                return "not-found"
+            if code in OFFLINE_ERRORS or "user is invalid" in str(error).lower():
+                self.connection.set(keys.unavailable_agent(agent_id), "1",
+                                    ex=max(1, int(self.settings.directory_ttl_seconds)))
+                return "offline"
+            log.warning("take refused for %s: %s", chat.room_id, error, extra={"room_id": chat.room_id})
+            return "refused"
+        except RocketChatError as error:
+            self.load.release(chat.room_id, agent_id)
+            self.waiting.update(replace(chat, reserved_for=None))
+            outcome = "retrying later" if isinstance(error, RocketChatUnavailable) else "failed"
+            self._record(chat, outcome, str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
+            raise
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+
+    def policy(self, department_id: str | None) -> Policy:
+        return Policy(
+            strategy=self.settings.strategy_for(department_id),
+            default_max_chats=self.settings.default_max_chats,
+            accept_idle=self.settings.accept_idle_agents,
+            previous_agent_window=float(self.settings.previous_agent_window_seconds),
+        )
+
+    def _request(self, chat: WaitingChat, listing: Listing) -> Request:
+        ids = [agent.id for agent in listing.agents]
+        flags = self.connection.mget([keys.unavailable_agent(i) for i in ids]) if ids else []
+        previous_id, previous_at = None, None
+        if chat.visitor_id:
+            raw = self.connection.hgetall(keys.visitor_agent(chat.visitor_id))
+            if raw:
+                previous_id, previous_at = raw[b"agent"].decode(), float(raw[b"at"])
+        return Request(
+            department_id=chat.department_id,
+            excluded=frozenset(chat.excluded),
+            unavailable=frozenset(i for i, flag in zip(ids, flags, strict=True) if flag),
+            previous_agent_id=previous_id,
+            previous_at=previous_at,
+        )
+
+    def _remember_visitor(self, chat: WaitingChat, agent_id: str) -> None:
+        if chat.visitor_id:
+            key = keys.visitor_agent(chat.visitor_id)
+            self.connection.hset(key, mapping={"agent": agent_id, "at": self.clock()})
+            self.connection.expire(key, max(60, self.settings.previous_agent_window_seconds))
+
+    def _wait(self, chat: WaitingChat, choice: Choice, listing: Listing, attempts: list[dict[str, Any]]) -> str:
+        if chat.last_outcome != "waiting" or attempts:
+            self._record(chat, "waiting", "no agent can take the chat now", choice, listing, attempts)
+            self.waiting.update(replace(chat, last_outcome="waiting"))
+        return "waiting" if chat.excluded else "no-capacity"
+
+    def _leave(
+        self, chat: WaitingChat, outcome: str, detail: str, choice: Choice | None, listing: Listing | None,
+        attempts: list[dict[str, Any]], agent_id: str | None = None,
+    ) -> str:
+        self.waiting.remove(chat.room_id)
+        self._record(chat, outcome, detail, choice, listing, attempts, agent_id)
+        log.info("chat %s: %s", outcome, detail, extra={"room_id": chat.room_id, "agent_id": agent_id,
+                                                          "outcome": outcome})
+        return outcome
+
+    def _record(
+        self, chat: WaitingChat, outcome: str, detail: str, choice: Choice | None, listing: Listing | None,
+        attempts: list[dict[str, Any]], agent_id: str | None = None,
+    ) -> None:
+        decision: dict[str, Any] = {
+            "kind": "chat",
+            "outcome": outcome,
+            "detail": detail,
+            "department_id": chat.department_id,
+            "agent_id": agent_id,
+            "waited_seconds": round(max(0.0, self.clock() - chat.queued_at), 3),
+            "attempts": attempts,
+        }
+        if choice is not None:
+            decision["strategy"] = choice.strategy
+            decision["candidates"] = [c.to_dict() for c in choice.candidates]
+            names = {c.id: c.username for c in choice.candidates}
+            decision["agent_username"] = names.get(agent_id or "")
+        if listing is not None:
+            decision["directory"] = {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)}
+        self.decisions.record(chat.room_id, decision)
+
+
+def _epoch(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
