@@ -51,3 +51,95 @@ def test_a_queued_chat_is_taken_for_the_least_loaded_agent(rc_settings, rc_state
     assert reasons["dee"] == "offline"
     assert reasons["fay"] == "not in the department"
     assert LoadBook(redis_client).counts() == {served: 1}
+
+
+def route(rc_settings, redis_client):
+    build_worker(rc_settings, redis_client).work(burst=True)
+
+
+def served_by(rc_state, room):
+    return (rc_state.rooms[room["_id"]].get("servedBy") or {}).get("_id")
+
+
+def test_chats_wait_while_everyone_is_full_and_are_served_when_one_closes(rc_settings, rc_state, team, bridge,
+                                                                          redis_client):
+    rooms = []
+    for _ in range(6):  # sales capacity: ana 2 + bo 3 = 5
+        room, _ = rc_state.open_chat(department=SALES)
+        deliver(bridge, queued_webhook(rc_state, room))
+        rooms.append(room)
+    route(rc_settings, redis_client)
+    waiting = [r for r in rooms if served_by(rc_state, r) is None]
+    assert len(waiting) == 1
+    decision = DecisionLog(redis_client, 60).for_room(waiting[0]["_id"])[-1]
+    assert decision["outcome"] == "waiting"
+    assert {c["username"]: c["excluded"] for c in decision["candidates"]}["ana"] == "at capacity (2/2)"
+
+    closed = rc_state.close_room(rooms[0]["_id"])
+    deliver(bridge, payloads.room_event("LivechatSession", closed, rc_state.visitors[closed["v"]["_id"]]))
+    route(rc_settings, redis_client)
+    assert served_by(rc_state, waiting[0]) == closed["servedBy"]["_id"]
+    loads = LoadBook(redis_client).counts()
+    assert loads == {team["ana"]: 2, team["bo"]: 3}
+
+
+def test_agents_rocketchat_calls_offline_are_skipped_and_the_chat_waits(rc_settings, rc_state, team, bridge,
+                                                                       redis_client):
+    from bridge.directory import AgentDirectory
+    from bridge.rocketchat import RocketChat
+
+    rc = RocketChat(rc_settings)
+    AgentDirectory(rc_settings, redis_client, lambda: rc).agents()  # cached while ana and bo are online
+    rc.close()
+    rc_state.set_presence("ana", status="offline")
+    rc_state.set_presence("bo", status="offline")
+    room, _ = rc_state.open_chat(department=SALES)
+    deliver(bridge, queued_webhook(rc_state, room))
+    route(rc_settings, redis_client)
+    takes = [(r.body["userId"], r.status) for r in rc_state.requests() if r.path.endswith("inquiries.take")]
+    assert sorted(takes) == sorted([(team["ana"], 400), (team["bo"], 400)])
+    assert served_by(rc_state, room) is None
+    assert LoadBook(redis_client).counts() == {}
+    decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]
+    assert decision["outcome"] == "waiting"
+    assert [a["result"] for a in decision["attempts"]] == ["offline", "offline"]
+
+
+def test_an_inquiry_taken_by_someone_else_is_served_not_failed(rc_settings, rc_state, team, bridge, redis_client):
+    room, _ = rc_state.open_chat(department=SALES)
+    payload = queued_webhook(rc_state, room)
+    rc_state.assign(room["_id"], "eve")  # a manager took it by hand before the bridge ran
+    deliver(bridge, payload)
+    route(rc_settings, redis_client)
+    decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]
+    assert decision["outcome"] == "served"
+    assert rc_state.calls("POST", "/api/v1/livechat/inquiries.take") == 0
+
+
+def test_a_closed_chat_leaves_the_queue(rc_settings, rc_state, team, bridge, redis_client):
+    for name in ("ana", "bo"):
+        rc_state.set_presence(name, status="offline")
+    room, _ = rc_state.open_chat(department=SALES)
+    deliver(bridge, queued_webhook(rc_state, room))
+    route(rc_settings, redis_client)
+    closed = rc_state.close_room(room["_id"], closer="visitor")
+    deliver(bridge, payloads.room_event("LivechatSession", closed, rc_state.visitors[closed["v"]["_id"]]))
+    route(rc_settings, redis_client)
+    from bridge.waiting import WaitingQueue
+
+    assert WaitingQueue(redis_client).count() == 0
+
+
+def test_rocketchat_down_keeps_the_chat_waiting_until_it_returns(rc_settings, rc_state, team, bridge, redis_client):
+    room, _ = rc_state.open_chat(department=SALES)
+    rc_state.inject("/api/v1/livechat/inquiries.take", status=503)
+    deliver(bridge, queued_webhook(rc_state, room))
+    worker = build_worker(rc_settings.replace(rocketchat_retries=0), redis_client)
+    worker.work(burst=True, max_jobs=1)
+    assert served_by(rc_state, room) is None
+    assert LoadBook(redis_client).counts() == {}, "the reservation was released"
+    rc_state.clear_faults()
+    from workers.jobs import drain
+
+    assert drain().startswith("routed 1")
+    assert served_by(rc_state, room) in (team["ana"], team["bo"])
