@@ -64,29 +64,32 @@ return previous
 """
 
 # KEYS: room->agent, load, closed marker, last-assigned. ARGV: room ('' = pending), pending prefix, pending ms,
-# token, then agent id / capacity pairs in ranked order. Returns {outcome, agent id}.
+# token, move ('1': take the room from its current agent), then agent id / capacity pairs in ranked order.
+# Returns {outcome, agent id, previous agent id}.
 _RESERVE = _COMMON + """
 local now = now_ms()
+local current = false
 if ARGV[1] ~= '' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return {'closed', ''} end
-  local current = redis.call('HGET', KEYS[1], ARGV[1])
-  if current then return {'already', current} end
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {'closed', '', ''} end
+  current = redis.call('HGET', KEYS[1], ARGV[1])
+  if current and ARGV[5] ~= '1' then return {'already', current, current} end
 end
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local agent, capacity = ARGV[i], tonumber(ARGV[i + 1])
   local load = tonumber(redis.call('HGET', KEYS[2], agent) or '0') + pending_count(ARGV[2], agent, now)
   if capacity == 0 or load < capacity then
     if ARGV[1] == '' then
       redis.call('ZADD', ARGV[2] .. agent, now + tonumber(ARGV[3]), ARGV[4])
     else
+      if current then drop(KEYS[2], current) end
       redis.call('HSET', KEYS[1], ARGV[1], agent)
       redis.call('HINCRBY', KEYS[2], agent, 1)
     end
     redis.call('HSET', KEYS[4], agent, now / 1000)
-    return {'reserved', agent}
+    return {'reserved', agent, current or ''}
   end
 end
-return {'full', ''}
+return {'full', '', current or ''}
 """
 
 # KEYS: room->agent, load. ARGV: room, agent. Undo a reservation, only if the room is still counted on that agent.
@@ -102,6 +105,7 @@ return 1
 class Reservation:
     outcome: str  # reserved | already | closed | full
     agent_id: str | None = None
+    previous_id: str | None = None
 
 
 def _text(value: object) -> str:
@@ -119,17 +123,23 @@ class LoadBook:
         """Count ``room_id`` against the first ``(agent id, capacity)`` with room; capacity 0 = no limit."""
         return self._reserve_for(room_id, ranked, token="")
 
+    def reserve_move(self, room_id: str, ranked: Sequence[tuple[str, int]]) -> Reservation:
+        """For a forward: count the served room on the first candidate with room, taking it off its agent."""
+        return self._reserve_for(room_id, ranked, token="", move=True)
+
     def reserve_pending(self, ranked: Sequence[tuple[str, int]]) -> Reservation:
         """A reservation without a room (External Service), held until a ``taken`` webhook or expiry."""
         return self._reserve_for("", ranked, token=uuid.uuid4().hex)
 
-    def _reserve_for(self, room_id: str, ranked: Sequence[tuple[str, int]], token: str) -> Reservation:
+    def _reserve_for(
+        self, room_id: str, ranked: Sequence[tuple[str, int]], token: str, move: bool = False
+    ) -> Reservation:
         pairs = [str(x) for agent_id, capacity in ranked for x in (agent_id, capacity)]
-        outcome, agent_id = self._reserve(
+        outcome, agent_id, previous = self._reserve(
             keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id or "-"), keys.last_assigned()],
-            args=[room_id, keys.pending_prefix(), PENDING_SECONDS * 1000, token, *pairs],
+            args=[room_id, keys.pending_prefix(), PENDING_SECONDS * 1000, token, "1" if move else "0", *pairs],
         )
-        return Reservation(_text(outcome), _text(agent_id) or None)
+        return Reservation(_text(outcome), _text(agent_id) or None, _text(previous) or None)
 
     def release(self, room_id: str, agent_id: str) -> bool:
         return bool(self._release(keys=[keys.room_agent(), keys.agent_load()], args=[room_id, agent_id]))

@@ -186,8 +186,7 @@ class Router:
             if code == "error-not-found":
                 return "not-found"
             if code in OFFLINE_ERRORS or "user is invalid" in str(error).lower():
-                self.connection.set(keys.unavailable_agent(agent_id), "1",
-                                    ex=max(1, int(self.settings.directory_ttl_seconds)))
+                self.mark_unavailable(agent_id)
                 return "offline"
             log.warning("take refused for %s: %s", chat.room_id, error, extra={"room_id": chat.room_id})
             return "refused"
@@ -208,9 +207,16 @@ class Router:
             previous_agent_window=float(self.settings.previous_agent_window_seconds),
         )
 
-    def _request(self, chat: WaitingChat, listing: Listing) -> Request:
+    def mark_unavailable(self, agent_id: str) -> None:
+        """Rocket.Chat says the agent cannot take work: skip them until the directory has caught up."""
+        self.connection.set(keys.unavailable_agent(agent_id), "1", ex=max(1, int(self.settings.directory_ttl_seconds)))
+
+    def unavailable(self, listing: Listing) -> frozenset[str]:
         ids = [agent.id for agent in listing.agents]
         flags = self.connection.mget([keys.unavailable_agent(i) for i in ids]) if ids else []
+        return frozenset(i for i, flag in zip(ids, flags, strict=True) if flag)
+
+    def _request(self, chat: WaitingChat, listing: Listing) -> Request:
         previous_id, previous_at = None, None
         if chat.visitor_id:
             raw = self.connection.hgetall(keys.visitor_agent(chat.visitor_id))
@@ -219,7 +225,7 @@ class Router:
         return Request(
             department_id=chat.department_id,
             excluded=frozenset(chat.excluded),
-            unavailable=frozenset(i for i, flag in zip(ids, flags, strict=True) if flag),
+            unavailable=self.unavailable(listing),
             previous_agent_id=previous_id,
             previous_at=previous_at,
         )

@@ -143,3 +143,45 @@ def test_rocketchat_down_keeps_the_chat_waiting_until_it_returns(rc_settings, rc
 
     assert drain().startswith("routed 1")
     assert served_by(rc_state, room) in (team["ana"], team["bo"])
+
+
+def test_a_served_chat_is_forwarded_to_the_next_agent(rc_settings, rc_state, team, redis_client):
+    from bridge.forwarding import reroute
+    from workers import context
+
+    room, _ = rc_state.open_chat(department=SALES)
+    rc_state.assign(room["_id"], "ana")
+    LoadBook(redis_client).assign(room["_id"], team["ana"])
+    ctx = context.install(rc_settings, redis_client)
+    outcome = reroute(ctx.router, room["_id"], SALES, (), "the agent did not answer")
+    assert "forwarded" in outcome
+    assert served_by(rc_state, room) == team["bo"]
+    forward = [r for r in rc_state.requests() if r.path.endswith("room.forward")]
+    assert [(r.body, r.status) for r in forward] == [({"roomId": room["_id"], "userId": team["bo"]}, 200)]
+    assert LoadBook(redis_client).counts() == {team["bo"]: 1}
+    decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]
+    assert (decision["kind"], decision["outcome"], decision["previous_agent_id"]) == (
+        "reroute", "forwarded", team["ana"])
+
+
+def test_forwarding_skips_an_offline_agent_and_moves_the_count_back_on_failure(rc_settings, rc_state, team,
+                                                                               redis_client):
+    from bridge.forwarding import reroute
+    from bridge.rocketchat import RocketChat
+    from workers import context
+
+    rc = RocketChat(rc_settings)
+    from bridge.directory import AgentDirectory
+
+    AgentDirectory(rc_settings, redis_client, lambda: rc).agents()
+    rc.close()
+    rc_state.set_presence("bo", status="offline")  # the cached directory still says online
+    room, _ = rc_state.open_chat(department=SALES)
+    rc_state.assign(room["_id"], "ana")
+    LoadBook(redis_client).assign(room["_id"], team["ana"])
+    outcome = reroute(context.install(rc_settings, redis_client).router, room["_id"], SALES, (), "test")
+    assert "not forwarded" in outcome
+    assert served_by(rc_state, room) == team["ana"]
+    assert LoadBook(redis_client).counts() == {team["ana"]: 1}
+    decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]
+    assert decision["attempts"] == [{"agent_id": team["bo"], "result": "offline"}]

@@ -79,3 +79,10 @@ def tick() -> str:
         return outcome
     finally:
         schedule_tick(ctx)
+
+
+def reroute_chat(room_id: str, department_id: str | None, reason: str) -> str:
+    """Forward a served chat to another agent (``room.forward``), excluding whoever already had it."""
+    from bridge.forwarding import reroute
+
+    return reroute(current().router, room_id, department_id, (), reason)
