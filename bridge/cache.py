@@ -122,7 +122,8 @@ class SharedCache:
             self.put(name, value, ttl, stale_max)  # before the lock goes, so a waiter that takes it sees the entry
             return Cached(value, 0.0, "refreshed")
         except RocketChatError as error:
-            self.connection.set(keys.cache_failed(name), repr(self.clock()), px=int(FAILURE_PAUSE * 10_000))
+            # The value (when it failed) is what readers compare; the expiry only cleans the key up later.
+            self.connection.set(keys.cache_failed(name), repr(self.clock()), px=int(FAILURE_PAUSE * 1000) * 10)
             if quiet:
                 log.warning("refresh ahead of %s failed, serving the current entry: %s", name, error)
                 return None

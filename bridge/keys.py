@@ -136,3 +136,8 @@ def reconcile_due() -> str:
 def external_answer(query_digest: str) -> str:
     """The answer given to one External Service query, shared by its parallel copies for a moment."""
     return f"{PREFIX}external:{query_digest}"
+
+
+def room_since() -> str:
+    """Hash: room id -> when (epoch ms) it was counted on its current agent."""
+    return f"{PREFIX}room-since"

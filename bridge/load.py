@@ -43,7 +43,7 @@ local function drop(load, agent)
 end
 """
 
-# KEYS: room->agent, load, closed marker. ARGV: room, agent ('' = closed), closed ttl, pending prefix.
+# KEYS: room->agent, load, closed marker, room->since. ARGV: room, agent ('' = closed), closed ttl, pending prefix.
 _MOVE_ROOM = _COMMON + """
 local previous = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if ARGV[2] == '' then
@@ -55,16 +55,19 @@ if previous == ARGV[2] then return previous end
 if previous ~= '' then drop(KEYS[2], previous) end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[4], ARGV[1], now_ms())
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
   if pending_count(ARGV[4], ARGV[2], now_ms()) > 0 then redis.call('ZPOPMIN', ARGV[4] .. ARGV[2]) end
 end
 return previous
 """
 
-# KEYS: room->agent, load, closed marker, last-assigned. ARGV: room ('' = pending), pending prefix, pending ms,
-# token, move ('1': take the room from its current agent), then agent id / capacity pairs in ranked order.
+# KEYS: room->agent, load, closed marker, last-assigned, room->since.
+# ARGV: room ('' = pending), pending prefix, pending ms, token, move ('1': take the room from its current
+# agent), then agent id / capacity pairs in ranked order.
 # Returns {outcome, agent id, previous agent id}.
 _RESERVE = _COMMON + """
 local now = now_ms()
@@ -83,6 +86,7 @@ for i = 6, #ARGV, 2 do
     else
       if current then drop(KEYS[2], current) end
       redis.call('HSET', KEYS[1], ARGV[1], agent)
+      redis.call('HSET', KEYS[5], ARGV[1], now)
       redis.call('HINCRBY', KEYS[2], agent, 1)
     end
     redis.call('HSET', KEYS[4], agent, now / 1000)
@@ -92,10 +96,12 @@ end
 return {'full', '', current or ''}
 """
 
-# KEYS: room->agent, load. ARGV: room, agent. Undo a reservation, only if the room is still counted on that agent.
+# KEYS: room->agent, load, room->since. ARGV: room, agent.
+# Undo a reservation, only if the room is still counted on that agent.
 _RELEASE = _COMMON + """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 drop(KEYS[2], ARGV[2])
 return 1
 """
@@ -136,13 +142,15 @@ class LoadBook:
     ) -> Reservation:
         pairs = [str(x) for agent_id, capacity in ranked for x in (agent_id, capacity)]
         outcome, agent_id, previous = self._reserve(
-            keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id or "-"), keys.last_assigned()],
+            keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id or "-"), keys.last_assigned(),
+                  keys.room_since()],
             args=[room_id, keys.pending_prefix(), PENDING_SECONDS * 1000, token, "1" if move else "0", *pairs],
         )
         return Reservation(_text(outcome), _text(agent_id) or None, _text(previous) or None)
 
     def release(self, room_id: str, agent_id: str) -> bool:
-        return bool(self._release(keys=[keys.room_agent(), keys.agent_load()], args=[room_id, agent_id]))
+        return bool(self._release(keys=[keys.room_agent(), keys.agent_load(), keys.room_since()],
+                                  args=[room_id, agent_id]))
 
     def assign(self, room_id: str, agent_id: str) -> str:
         """The room is now served by ``agent_id``; returns the previous agent id ('' if none)."""
@@ -153,7 +161,7 @@ class LoadBook:
 
     def _run(self, room_id: str, agent_id: str) -> str:
         return _text(self._move(
-            keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id)],
+            keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id), keys.room_since()],
             args=[room_id, agent_id, CLOSED_MEMORY_SECONDS, keys.pending_prefix()],
         ))
 
@@ -173,6 +181,11 @@ class LoadBook:
     def agent_of(self, room_id: str) -> str | None:
         value = self.connection.hget(keys.room_agent(), room_id)
         return _text(value) if value else None
+
+    def counted_since(self, room_id: str) -> float | None:
+        """When the room was last counted on its agent (epoch seconds), by Redis's clock."""
+        value = self.connection.hget(keys.room_since(), room_id)
+        return int(value) / 1000.0 if value else None
 
     def rooms_of(self, agent_id: str) -> set[str]:
         return {_text(room) for room, agent in self.connection.hgetall(keys.room_agent()).items()

@@ -1,0 +1,42 @@
+"""Load drift against Rocket.Chat's open rooms, with the double."""
+
+import pytest
+
+from bridge import keys
+from bridge.directory import AgentDirectory
+from bridge.load import LoadBook
+from bridge.reconcile import reconcile_load
+from bridge.rocketchat import RocketChat
+from tests.team import SALES, seed_team
+
+
+@pytest.fixture
+def parts(rc_settings, rc_state, redis_client):
+    team = seed_team(rc_state)
+    rc = RocketChat(rc_settings)
+    yield team, rc, AgentDirectory(rc_settings, redis_client, lambda: rc), LoadBook(redis_client)
+    rc.close()
+
+
+def test_drift_is_corrected_both_ways(parts, rc_state):
+    team, rc, directory, load = parts
+    lost_webhook, _ = rc_state.open_chat(department=SALES)
+    rc_state.assign(lost_webhook["_id"], "ana")  # the bridge never heard of it
+    load.assign("room-closed-while-down", team["bo"])  # closed in Rocket.Chat, the close webhook was lost
+    outcome = reconcile_load(rc, directory, load, grace_seconds=0)
+    assert "1 rooms added, 1 released" in outcome
+    assert load.counts() == {team["ana"]: 1}
+    assert rc_state.calls("GET", "/api/v1/livechat/rooms") == len(team)
+
+
+def test_a_room_being_routed_or_just_counted_is_not_drift(parts, redis_client):
+    team, rc, directory, load = parts
+    load.reserve("room-being-taken", [(team["ana"], 2)])
+    load.reserve("room-just-taken", [(team["bo"], 3)])
+    claim = redis_client.lock(keys.routing_claim("room-being-taken"), timeout=30)
+    claim.acquire()
+    assert "0 released" in reconcile_load(rc, directory, load, grace_seconds=60)
+    assert load.counts() == {team["ana"]: 1, team["bo"]: 1}
+    assert "1 released" in reconcile_load(rc, directory, load, grace_seconds=0)
+    assert load.counts() == {team["ana"]: 1}
+    claim.release()
