@@ -65,7 +65,8 @@ def normalise_agent(raw: object, departments: tuple[str, ...] = ()) -> Agent | N
     if isinstance(listed, list) and not departments:
         # livechat/users/agent on newer servers: [{_id, departmentId, ...}] or plain ids
         departments = tuple(
-            d for d in (item.get("departmentId") if isinstance(item, Mapping) else item for item in listed)
+            d
+            for d in (item.get("departmentId") if isinstance(item, Mapping) else item for item in listed)
             if isinstance(d, str) and d
         )
     return Agent(

@@ -72,8 +72,9 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
 
     async def external_queue(request: Request) -> Response:
         if not settings.external_queue_token and not settings.insecure_dev:
-            return answer(404, ok=False, error="External Service routing is not enabled: "
-                                                "set ROCKETCHAT_EXTERNAL_QUEUE_TOKEN")
+            return answer(
+                404, ok=False, error="External Service routing is not enabled: set ROCKETCHAT_EXTERNAL_QUEUE_TOKEN"
+            )
         if settings.external_queue_token and not token_matches(
             request.headers.get("x-rocketchat-secret-token"), settings.external_queue_token
         ):
@@ -100,8 +101,15 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
             return answer(413, ok=False, error=f"body larger than {VOICE_BODY_LIMIT} bytes")
         try:
             await run_in_threadpool(
-                jobqueue.enqueue, queue, settings, jobqueue.ROUTE_VOICE, request_id, extension, department,
-                job_id=voice_decision_id(request_id), unique=True,
+                jobqueue.enqueue,
+                queue,
+                settings,
+                jobqueue.ROUTE_VOICE,
+                request_id,
+                extension,
+                department,
+                job_id=voice_decision_id(request_id),
+                unique=True,
             )
         except (RedisError, OSError) as error:
             return answer(503, ok=False, error=f"cannot record the request now (Redis {type(error).__name__})")
@@ -140,4 +148,3 @@ def _voice_fields(body: object) -> tuple[str, str | None, str]:
     if not isinstance(request_id, str) or not IDENTIFIER.match(request_id):
         raise InvalidEvent("field 'requestId' must be 1-64 characters of letters, digits or _.:-", "requestId")
     return extension, department, request_id
-

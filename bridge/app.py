@@ -69,14 +69,16 @@ def create_app(settings: Settings) -> Starlette:
             return answer(400, ok=False, error=str(error), field=error.field)
         try:
             recorded = await recorder.record(event)
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             log.error(
-                "webhook not recorded: Redis unavailable (%s)", type(error).__name__,
+                "webhook not recorded: Redis unavailable (%s)",
+                type(error).__name__,
                 extra={"event": event.TYPE, "room_id": event.room_id, "status": 503},
             )
             return answer(503, ok=False, error="cannot record the event now (Redis unavailable); retry later")
         log.info(
-            "webhook %s", recorded.outcome,
+            "webhook %s",
+            recorded.outcome,
             extra={"event": event.TYPE, "room_id": event.room_id, "job_id": recorded.job_id, "status": 200},
         )
         body: dict[str, Any] = {"ok": True, "outcome": recorded.outcome, "event": event.TYPE}
@@ -90,7 +92,7 @@ def create_app(settings: Settings) -> Starlette:
     async def readyz(request: Request) -> Response:
         try:
             await asyncio.wait_for(connection.ping(), REDIS_TIMEOUT_SECONDS)
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, OSError) as error:
             return answer(503, ok=False, redis=f"unreachable ({type(error).__name__})")
         return answer(200, ok=True, redis="ok")
 

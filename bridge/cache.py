@@ -56,9 +56,7 @@ class SharedCache:
         self.sleep = sleep
         self.on_outcome = on_outcome or (lambda name, outcome: None)
 
-    def get(
-        self, name: str, fetch: Callable[[], Any], ttl: float, stale_max: float, wait_max: float = 30.0
-    ) -> Cached:
+    def get(self, name: str, fetch: Callable[[], Any], ttl: float, stale_max: float, wait_max: float = 30.0) -> Cached:
         entry = self._read(name)
         age = self.clock() - entry["at"] if entry else None
         if entry is not None and age is not None and age < ttl:
@@ -140,8 +138,12 @@ class SharedCache:
         if entry is not None:
             age = self.clock() - entry["at"]
             if age < ttl + stale_max:
-                log.warning("serving %s stale (%.0f s old) while Rocket.Chat fails: %s", name, age,
-                            error or "a refresh failed moments ago")
+                log.warning(
+                    "serving %s stale (%.0f s old) while Rocket.Chat fails: %s",
+                    name,
+                    age,
+                    error or "a refresh failed moments ago",
+                )
                 return self._result(name, Cached(entry["value"], age, "stale"), "stale")
         if error is not None:
             raise error

@@ -135,8 +135,10 @@ def supervise(children: list[subprocess.Popen[bytes]], on_exit: object = None) -
             exited = [child for child in children if child.poll() is not None]
             if exited:
                 status = exited[0].returncode or 1
-                print(f"omnibridge: a process exited ({exited[0].args[3]}, status {exited[0].returncode})",
-                      file=sys.stderr)
+                print(
+                    f"omnibridge: a process exited ({exited[0].args[3]}, status {exited[0].returncode})",
+                    file=sys.stderr,
+                )
                 break
             time.sleep(0.2)
     finally:

@@ -34,8 +34,12 @@ def _permission(rc: RocketChat, name: str, call: Callable[[], object], harmless_
     try:
         call()
     except PermissionDenied as error:
-        return Check(name, FAIL, f"403 on {error.route}",
-                     f"grant the permission {error.permission} to a role of the service account")
+        return Check(
+            name,
+            FAIL,
+            f"403 on {error.route}",
+            f"grant the permission {error.permission} to a role of the service account",
+        )
     except RequestRejected as error:
         if error.error_type in harmless_errors:
             return Check(name, PASS, f"allowed ({error.error_type} for a probe id)")
@@ -79,8 +83,15 @@ def _rocketchat_checks(rc: RocketChat, settings: Settings) -> list[Check]:
     major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
     checks = [Check("Rocket.Chat", PASS, f"{settings.rocketchat_url}, version {version}")]
     if not (settings.rocketchat_user_id or settings.rocketchat_username):
-        return [*checks, Check("credentials", FAIL, "none configured",
-                               "set ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN (a personal access token)")]
+        return [
+            *checks,
+            Check(
+                "credentials",
+                FAIL,
+                "none configured",
+                "set ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN (a personal access token)",
+            ),
+        ]
     try:
         me = endpoints.me(rc)
     except CredentialsRejected as error:
@@ -93,32 +104,60 @@ def _rocketchat_checks(rc: RocketChat, settings: Settings) -> list[Check]:
     if bypass:
         checks.append(Check("rate limits", PASS, f"bypassed (role {bypass[0]})"))
     else:
-        checks.append(Check(
-            "rate limits", WARN, "limited to 10 calls per minute per route (no bot/admin/app role)",
-            "give the service account the bot role, or keep ROCKETCHAT_CALLS_PER_MINUTE under Rocket.Chat's limit",
-        ))
+        checks.append(
+            Check(
+                "rate limits",
+                WARN,
+                "limited to 10 calls per minute per route (no bot/admin/app role)",
+                "give the service account the bot role, or keep ROCKETCHAT_CALLS_PER_MINUTE under Rocket.Chat's limit",
+            )
+        )
     me_id = str(me.get("_id", ""))
     checks += [
-        _permission(rc, "view-l-room (take inquiries)",
-                    lambda: rc.request("GET", "/api/v1/livechat/inquiries.getOne", params={"roomId": PROBE_ID})),
-        _permission(rc, "transfer-livechat-guest (forward)",
-                    lambda: rc.request("POST", "/api/v1/livechat/room.forward",
-                                       json={"roomId": PROBE_ID, "userId": me_id}),
-                    harmless_errors=("error-invalid-room",)),
-        _permission(rc, "view-livechat-rooms (load check)",
-                    lambda: rc.request("GET", "/api/v1/livechat/rooms", params={"count": 1})),
-        _permission(rc, "view-livechat-manager (queued inquiries)",
-                    lambda: rc.request("GET", "/api/v1/livechat/inquiries.list", params={"count": 1})),
-        _permission(rc, "view-livechat-departments (departments)",
-                    lambda: rc.request("GET", "/api/v1/livechat/department", params={"count": 1})),
+        _permission(
+            rc,
+            "view-l-room (take inquiries)",
+            lambda: rc.request("GET", "/api/v1/livechat/inquiries.getOne", params={"roomId": PROBE_ID}),
+        ),
+        _permission(
+            rc,
+            "transfer-livechat-guest (forward)",
+            lambda: rc.request("POST", "/api/v1/livechat/room.forward", json={"roomId": PROBE_ID, "userId": me_id}),
+            harmless_errors=("error-invalid-room",),
+        ),
+        _permission(
+            rc,
+            "view-livechat-rooms (load check)",
+            lambda: rc.request("GET", "/api/v1/livechat/rooms", params={"count": 1}),
+        ),
+        _permission(
+            rc,
+            "view-livechat-manager (queued inquiries)",
+            lambda: rc.request("GET", "/api/v1/livechat/inquiries.list", params={"count": 1}),
+        ),
+        _permission(
+            rc,
+            "view-livechat-departments (departments)",
+            lambda: rc.request("GET", "/api/v1/livechat/department", params={"count": 1}),
+        ),
     ]
     if major >= 8 or settings.agent_source == "users":
-        checks.append(_permission(rc, "agent list (livechat/users/agent)",
-                                  lambda: rc.request("GET", endpoints.USERS_AGENT, params={"count": 1})))
+        checks.append(
+            _permission(
+                rc,
+                "agent list (livechat/users/agent)",
+                lambda: rc.request("GET", endpoints.USERS_AGENT, params={"count": 1}),
+            )
+        )
         checks.append(Check("voice extensions", SKIP, "omnichannel VoIP was removed in Rocket.Chat 8.0"))
     else:
-        checks.append(_permission(rc, "manage-agent-extension-association (agents/available, voice)",
-                                  lambda: rc.request("GET", endpoints.AVAILABLE, params={"count": 1})))
+        checks.append(
+            _permission(
+                rc,
+                "manage-agent-extension-association (agents/available, voice)",
+                lambda: rc.request("GET", endpoints.AVAILABLE, params={"count": 1}),
+            )
+        )
     return checks
 
 

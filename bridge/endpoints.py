@@ -92,8 +92,9 @@ def department_members(rc: RocketChat, **kwargs: Any) -> dict[str, list[str]]:
             continue
         if department.get("enabled") is False:
             continue
-        links = _pages(rc, "/api/v1/livechat/department/{id}/agents", "agents", {}, path={"id": department["_id"]},
-                       **kwargs)
+        links = _pages(
+            rc, "/api/v1/livechat/department/{id}/agents", "agents", {}, path={"id": department["_id"]}, **kwargs
+        )
         members[department["_id"]] = [
             link["agentId"] for link in links if isinstance(link, dict) and isinstance(link.get("agentId"), str)
         ]
@@ -125,7 +126,8 @@ def open_rooms_of(rc: RocketChat, agent_id: str) -> set[str]:
     """Ids of the agent's open livechat rooms (``livechat/rooms?agents[]=..&open=true``)."""
     params = {"agents[]": agent_id, "open": "true"}
     return {
-        room["_id"] for room in _pages(rc, "/api/v1/livechat/rooms", "rooms", params)
+        room["_id"]
+        for room in _pages(rc, "/api/v1/livechat/rooms", "rooms", params)
         if isinstance(room, dict) and isinstance(room.get("_id"), str)
     }
 

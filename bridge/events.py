@@ -316,7 +316,9 @@ def _parse_message(f: _Fields) -> Event:
 
 def _parse_lead(f: _Fields) -> Event:
     visitor = f.obj("visitor")
-    return LeadCaptured(room_id=_room_id(f), visitor_digest=visitor.digest("_id", "email", "phone") if visitor else None)
+    return LeadCaptured(
+        room_id=_room_id(f), visitor_digest=visitor.digest("_id", "email", "phone") if visitor else None
+    )
 
 
 def _parse_offline(f: _Fields) -> Event:
@@ -341,7 +343,14 @@ PARSERS: dict[str, Callable[[_Fields], Event]] = {
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
-        ChatStarted, ChatQueued, ChatTaken, ChatForwarded, ChatClosed, RoomEdited, MessageSent, LeadCaptured,
+        ChatStarted,
+        ChatQueued,
+        ChatTaken,
+        ChatForwarded,
+        ChatClosed,
+        RoomEdited,
+        MessageSent,
+        LeadCaptured,
         OfflineMessage,
     )
 }
@@ -359,9 +368,7 @@ def parse_event(payload: object) -> Event:
     parser = PARSERS.get(event_type)
     if parser is None:
         shown = event_type if len(event_type) <= 64 and event_type.isprintable() else event_type[:64] + "..."
-        raise UnknownEventType(
-            f"unknown event type {shown!r}; Rocket.Chat sends: {', '.join(PARSERS)}", "type"
-        )
+        raise UnknownEventType(f"unknown event type {shown!r}; Rocket.Chat sends: {', '.join(PARSERS)}", "type")
     return parser(_Fields(payload))
 
 

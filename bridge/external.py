@@ -34,8 +34,13 @@ PENDING = b"pending"
 
 class ExternalQueue:
     def __init__(
-        self, settings: Settings, connection: redis.Redis, directory: AgentDirectory, load: LoadBook,
-        decisions: DecisionLog, request_refresh: Any,
+        self,
+        settings: Settings,
+        connection: redis.Redis,
+        directory: AgentDirectory,
+        load: LoadBook,
+        decisions: DecisionLog,
+        request_refresh: Any,
     ) -> None:
         self.settings = settings
         self.connection = connection
@@ -66,24 +71,41 @@ class ExternalQueue:
         listing, due = self.directory.peek()
         if due:
             self.request_refresh()
-        decision: dict[str, Any] = {"kind": "external", "department_id": department_id,
-                                    "ignore_agent_id": ignore_agent_id}
+        decision: dict[str, Any] = {
+            "kind": "external",
+            "department_id": department_id,
+            "ignore_agent_id": ignore_agent_id,
+        }
         record_id = f"external-{department_id or '-'}"
         if listing is None:
-            self.decisions.record(record_id, {**decision, "outcome": "no agent",
-                                              "detail": "the agent directory is not cached yet; a refresh was asked"})
+            self.decisions.record(
+                record_id,
+                {
+                    **decision,
+                    "outcome": "no agent",
+                    "detail": "the agent directory is not cached yet; a refresh was asked",
+                },
+            )
             return {}
-        policy = Policy(self.settings.strategy_for(department_id), self.settings.default_max_chats,
-                        self.settings.accept_idle_agents, float(self.settings.previous_agent_window_seconds))
+        policy = Policy(
+            self.settings.strategy_for(department_id),
+            self.settings.default_max_chats,
+            self.settings.accept_idle_agents,
+            float(self.settings.previous_agent_window_seconds),
+        )
         request = Request(department_id, excluded=frozenset({ignore_agent_id} if ignore_agent_id else ()))
         choice = choose(listing.agents, self.load.counts(), self.load.last_assigned(), request, policy, time.time())
         reservation = self.load.reserve_pending([(c.id, c.capacity) for c in choice.ranked])
-        decision |= {"strategy": choice.strategy, "candidates": [c.to_dict() for c in choice.candidates],
-                     "directory": {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)}}
+        decision |= {
+            "strategy": choice.strategy,
+            "candidates": [c.to_dict() for c in choice.candidates],
+            "directory": {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)},
+        }
         if reservation.outcome != "reserved":
             self.decisions.record(record_id, {**decision, "outcome": "no agent", "detail": "nobody can take it"})
             return {}
         username = next(c.username for c in choice.ranked if c.id == reservation.agent_id)
-        self.decisions.record(record_id, {**decision, "outcome": "answered", "agent_id": reservation.agent_id,
-                                          "agent_username": username})
+        self.decisions.record(
+            record_id, {**decision, "outcome": "answered", "agent_id": reservation.agent_id, "agent_username": username}
+        )
         return {"_id": reservation.agent_id or "", "username": username}

@@ -31,13 +31,23 @@ def reroute(
     excluded_ids = set(excluded) | ({current} if current else set())
     listing = router.directory.agents()
     attempts: list[dict[str, Any]] = []
-    decision: dict[str, Any] = {"kind": "reroute", "reason": reason, "department_id": department_id,
-                                "previous_agent_id": current}
+    decision: dict[str, Any] = {
+        "kind": "reroute",
+        "reason": reason,
+        "department_id": department_id,
+        "previous_agent_id": current,
+    }
     choice = None
     for _ in range(MAX_TAKE_ATTEMPTS):
         request = Request(department_id, excluded=frozenset(excluded_ids), unavailable=router.unavailable(listing))
-        choice = choose(listing.agents, router.load.counts(), router.load.last_assigned(), request,
-                        router.policy(department_id), router.clock())
+        choice = choose(
+            listing.agents,
+            router.load.counts(),
+            router.load.last_assigned(),
+            request,
+            router.policy(department_id),
+            router.clock(),
+        )
         if not choice.ranked:
             break
         reservation = router.load.reserve_move(room_id, [(c.id, c.capacity) for c in choice.ranked])
@@ -66,8 +76,15 @@ def reroute(
         return _record(router, room_id, decision, choice, attempts, "forwarded", f"forwarded: {reason}", agent_id)
     if fallback_department:
         endpoints.forward_room(rc, room_id, department_id=fallback_department)
-        return _record(router, room_id, decision, choice, attempts, "forwarded to department",
-                       f"nobody left to try; forwarded to department {fallback_department}")
+        return _record(
+            router,
+            room_id,
+            decision,
+            choice,
+            attempts,
+            "forwarded to department",
+            f"nobody left to try; forwarded to department {fallback_department}",
+        )
     return _record(router, room_id, decision, choice, attempts, "not forwarded", "no other agent can take it now")
 
 
@@ -79,8 +96,14 @@ def _undo(router: Router, room_id: str, agent_id: str, previous_id: str | None) 
 
 
 def _record(
-    router: Router, room_id: str, decision: dict[str, Any], choice: Any, attempts: list[dict[str, Any]],
-    outcome: str, detail: str, agent_id: str | None = None,
+    router: Router,
+    room_id: str,
+    decision: dict[str, Any],
+    choice: Any,
+    attempts: list[dict[str, Any]],
+    outcome: str,
+    detail: str,
+    agent_id: str | None = None,
 ) -> str:
     entry = {**decision, "outcome": outcome, "detail": detail, "agent_id": agent_id, "attempts": attempts}
     if choice is not None:
@@ -89,4 +112,3 @@ def _record(
         entry["agent_username"] = {c.id: c.username for c in choice.candidates}.get(agent_id or "")
     router.decisions.record(room_id, entry)
     return f"room {room_id}: {outcome} ({detail})"
-

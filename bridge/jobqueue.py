@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+
 import redis
 import redis.asyncio
 from rq import Queue, Retry
@@ -143,8 +144,14 @@ def schedule(queue: Queue, settings: Settings, func: str, delay_seconds: float, 
     """Run ``func`` once after a delay; one job per ``job_id`` however many processes ask."""
     try:
         job = queue.enqueue_in(
-            timedelta(seconds=delay_seconds), func, job_id=job_id, unique=True, job_timeout=JOB_TIMEOUT_SECONDS,
-            result_ttl=RESULT_TTL_SECONDS, failure_ttl=FAILURE_TTL_SECONDS, retry=_retry(settings),
+            timedelta(seconds=delay_seconds),
+            func,
+            job_id=job_id,
+            unique=True,
+            job_timeout=JOB_TIMEOUT_SECONDS,
+            result_ttl=RESULT_TTL_SECONDS,
+            failure_ttl=FAILURE_TTL_SECONDS,
+            retry=_retry(settings),
         )
     except DuplicateJobError:
         return None

@@ -44,7 +44,9 @@ end
 """
 
 # KEYS: room->agent, load, closed marker, room->since. ARGV: room, agent ('' = closed), closed ttl, pending prefix.
-_MOVE_ROOM = _COMMON + """
+_MOVE_ROOM = (
+    _COMMON
+    + """
 local previous = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if ARGV[2] == '' then
   redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
@@ -64,12 +66,15 @@ else
 end
 return previous
 """
+)
 
 # KEYS: room->agent, load, closed marker, last-assigned, room->since.
 # ARGV: room ('' = pending), pending prefix, pending ms, token, move ('1': take the room from its current
 # agent), then agent id / capacity pairs in ranked order.
 # Returns {outcome, agent id, previous agent id}.
-_RESERVE = _COMMON + """
+_RESERVE = (
+    _COMMON
+    + """
 local now = now_ms()
 local current = false
 if ARGV[1] ~= '' then
@@ -95,16 +100,20 @@ for i = 6, #ARGV, 2 do
 end
 return {'full', '', current or ''}
 """
+)
 
 # KEYS: room->agent, load, room->since. ARGV: room, agent.
 # Undo a reservation, only if the room is still counted on that agent.
-_RELEASE = _COMMON + """
+_RELEASE = (
+    _COMMON
+    + """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 drop(KEYS[2], ARGV[2])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +151,21 @@ class LoadBook:
     ) -> Reservation:
         pairs = [str(x) for agent_id, capacity in ranked for x in (agent_id, capacity)]
         outcome, agent_id, previous = self._reserve(
-            keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id or "-"), keys.last_assigned(),
-                  keys.room_since()],
+            keys=[
+                keys.room_agent(),
+                keys.agent_load(),
+                keys.closed_room(room_id or "-"),
+                keys.last_assigned(),
+                keys.room_since(),
+            ],
             args=[room_id, keys.pending_prefix(), PENDING_SECONDS * 1000, token, "1" if move else "0", *pairs],
         )
         return Reservation(_text(outcome), _text(agent_id) or None, _text(previous) or None)
 
     def release(self, room_id: str, agent_id: str) -> bool:
-        return bool(self._release(keys=[keys.room_agent(), keys.agent_load(), keys.room_since()],
-                                  args=[room_id, agent_id]))
+        return bool(
+            self._release(keys=[keys.room_agent(), keys.agent_load(), keys.room_since()], args=[room_id, agent_id])
+        )
 
     def assign(self, room_id: str, agent_id: str) -> str:
         """The room is now served by ``agent_id``; returns the previous agent id ('' if none)."""
@@ -160,10 +175,12 @@ class LoadBook:
         return self._run(room_id, "")
 
     def _run(self, room_id: str, agent_id: str) -> str:
-        return _text(self._move(
-            keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id), keys.room_since()],
-            args=[room_id, agent_id, CLOSED_MEMORY_SECONDS, keys.pending_prefix()],
-        ))
+        return _text(
+            self._move(
+                keys=[keys.room_agent(), keys.agent_load(), keys.closed_room(room_id), keys.room_since()],
+                args=[room_id, agent_id, CLOSED_MEMORY_SECONDS, keys.pending_prefix()],
+            )
+        )
 
     def counts(self) -> dict[str, int]:
         """Open chats per agent, pending External Service reservations included."""
@@ -171,7 +188,7 @@ class LoadBook:
         for key in self.connection.scan_iter(match=keys.pending_prefix() + "*", count=500):
             live = self.connection.zcount(key, f"({self._now_ms()}", "+inf")
             if live:
-                agent_id = _text(key)[len(keys.pending_prefix()):]
+                agent_id = _text(key)[len(keys.pending_prefix()) :]
                 counts[agent_id] = counts.get(agent_id, 0) + live
         return counts
 
@@ -188,8 +205,11 @@ class LoadBook:
         return int(value) / 1000.0 if value else None
 
     def rooms_of(self, agent_id: str) -> set[str]:
-        return {_text(room) for room, agent in self.connection.hgetall(keys.room_agent()).items()
-                if _text(agent) == agent_id}
+        return {
+            _text(room)
+            for room, agent in self.connection.hgetall(keys.room_agent()).items()
+            if _text(agent) == agent_id
+        }
 
     def _now_ms(self) -> int:
         seconds, micros = self.connection.time()

@@ -79,7 +79,10 @@ class TextFormatter(logging.Formatter):
 
 def secrets_of(settings: Settings) -> list[str]:
     return [
-        settings.webhook_token, settings.rocketchat_auth_token, settings.rocketchat_password, settings.api_token,
+        settings.webhook_token,
+        settings.rocketchat_auth_token,
+        settings.rocketchat_password,
+        settings.api_token,
         settings.external_queue_token,
     ]
 

@@ -192,8 +192,7 @@ class RocketChat:
                 route=name,
             )
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-        log.warning("rocket.chat %s failed (%s); retry %d in %.2f s", name, what, attempt, delay,
-                    extra={"route": name})
+        log.warning("rocket.chat %s failed (%s); retry %d in %.2f s", name, what, attempt, delay, extra={"route": name})
         self.sleep(delay)
         return attempt
 
@@ -207,10 +206,16 @@ class RocketChat:
             raise RocketChatUnavailable(
                 f"Rocket.Chat rate-limits {name} for another {wait:.0f} s; give the service account the bot role "
                 "(permission api-bypass-rate-limit) or lower ROCKETCHAT_CALLS_PER_MINUTE",
-                route=name, status=429, error_type="error-too-many-requests",
+                route=name,
+                status=429,
+                error_type="error-too-many-requests",
             )
-        log.warning("rocket.chat %s rate-limited; waiting %.2f s until X-RateLimit-Reset", name, wait,
-                    extra={"route": name, "status": 429})
+        log.warning(
+            "rocket.chat %s rate-limited; waiting %.2f s until X-RateLimit-Reset",
+            name,
+            wait,
+            extra={"route": name, "status": 429},
+        )
         if self.metrics is not None:
             self.metrics.inc("omnibridge_rate_limit_waits", route=name)
         self.sleep(wait + 0.05)
@@ -220,25 +225,31 @@ class RocketChat:
         text, code = error_text_of(body), error_type_of(body)
         if status == 401:
             how = (
-                "ROCKETCHAT_USERNAME/ROCKETCHAT_PASSWORD" if self.settings.rocketchat_username
+                "ROCKETCHAT_USERNAME/ROCKETCHAT_PASSWORD"
+                if self.settings.rocketchat_username
                 else "ROCKETCHAT_USER_ID/ROCKETCHAT_AUTH_TOKEN"
             )
             return CredentialsRejected(
                 f"Rocket.Chat rejected the bridge's credentials on {name}: check {how} "
                 "(a personal access token is revoked when its user logs out everywhere)",
-                route=name, status=401, error_type=code,
+                route=name,
+                status=401,
+                error_type=code,
             )
         if status == 403:
             permission = ROUTE_PERMISSIONS.get(name, "a permission for this endpoint")
             return PermissionDenied(
                 f"the Rocket.Chat account lacks the permission {permission} needed for {name}: "
                 "grant it to one of the account's roles (Administration > Permissions)",
-                route=name, status=403, permission=permission,
+                route=name,
+                status=403,
+                permission=permission,
             )
         if status == 404:
             return NotFound(f"Rocket.Chat answered 404 to {name}: {text}", route=name, status=404, error_type=code)
-        return RequestRejected(f"Rocket.Chat refused {name} ({status}): {text}", route=name, status=status,
-                               error_type=code)
+        return RequestRejected(
+            f"Rocket.Chat refused {name} ({status}): {text}", route=name, status=status, error_type=code
+        )
 
 
 def _json(response: httpx.Response, name: str) -> dict[str, Any]:

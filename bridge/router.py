@@ -67,12 +67,14 @@ class Router:
     # -- entry points ---------------------------------------------------------------------------------
 
     def chat_queued(self, chat: ChatQueued) -> str:
-        added = self.waiting.add(WaitingChat(
-            room_id=chat.room_id,
-            department_id=chat.department_id,
-            queued_at=_epoch(chat.created_at) or self.clock(),
-            visitor_id=chat.visitor_id,
-        ))
+        added = self.waiting.add(
+            WaitingChat(
+                room_id=chat.room_id,
+                department_id=chat.department_id,
+                queued_at=_epoch(chat.created_at) or self.clock(),
+                visitor_id=chat.visitor_id,
+            )
+        )
         outcome = self.drain([chat.department_id])
         return f"chat {chat.room_id} {'entered' if added else 'was already in'} the queue; {outcome}"
 
@@ -127,15 +129,26 @@ class Router:
         attempts: list[dict[str, Any]] = []
         for _ in range(MAX_TAKE_ATTEMPTS):
             choice = choose(
-                listing[0].agents, self.load.counts(), self.load.last_assigned(),
-                self._request(chat, listing[0]), policy, self.clock(),
+                listing[0].agents,
+                self.load.counts(),
+                self.load.last_assigned(),
+                self._request(chat, listing[0]),
+                policy,
+                self.clock(),
             )
             reservation = self.load.reserve(room_id, [(c.id, c.capacity) for c in choice.ranked])
             if reservation.outcome == "closed":
                 return self._leave(chat, "closed", "the room was closed", choice, listing[0], attempts)
             if reservation.outcome == "already" and reservation.agent_id != chat.reserved_for:
-                return self._leave(chat, "served", f"served by {reservation.agent_id} (taken webhook)", choice,
-                                   listing[0], attempts, agent_id=reservation.agent_id)
+                return self._leave(
+                    chat,
+                    "served",
+                    f"served by {reservation.agent_id} (taken webhook)",
+                    choice,
+                    listing[0],
+                    attempts,
+                    agent_id=reservation.agent_id,
+                )
             if reservation.outcome == "full":
                 return self._wait(chat, choice, listing[0], attempts)
             agent_id = reservation.agent_id or ""
@@ -146,11 +159,13 @@ class Router:
             attempts.append({"agent_id": agent_id, "result": result})
             if result == "taken":
                 self._remember_visitor(chat, agent_id)
-                return self._leave(chat, "routed", "inquiry taken for the agent", choice, listing[0], attempts,
-                                   agent_id=agent_id)
+                return self._leave(
+                    chat, "routed", "inquiry taken for the agent", choice, listing[0], attempts, agent_id=agent_id
+                )
             if result == "inquiry-taken":
-                return self._leave(chat, "served", "Rocket.Chat says the inquiry was already taken", choice,
-                                   listing[0], attempts)
+                return self._leave(
+                    chat, "served", "Rocket.Chat says the inquiry was already taken", choice, listing[0], attempts
+                )
             if result == "not-found":
                 return self._leave(chat, "gone", "the inquiry no longer exists", choice, listing[0], attempts)
             chat = replace(chat, reserved_for=None)
@@ -243,18 +258,31 @@ class Router:
         return "waiting" if chat.excluded else "no-capacity"
 
     def _leave(
-        self, chat: WaitingChat, outcome: str, detail: str, choice: Choice | None, listing: Listing | None,
-        attempts: list[dict[str, Any]], agent_id: str | None = None,
+        self,
+        chat: WaitingChat,
+        outcome: str,
+        detail: str,
+        choice: Choice | None,
+        listing: Listing | None,
+        attempts: list[dict[str, Any]],
+        agent_id: str | None = None,
     ) -> str:
         self.waiting.remove(chat.room_id)
         self._record(chat, outcome, detail, choice, listing, attempts, agent_id)
-        log.info("chat %s: %s", outcome, detail, extra={"room_id": chat.room_id, "agent_id": agent_id,
-                                                          "outcome": outcome})
+        log.info(
+            "chat %s: %s", outcome, detail, extra={"room_id": chat.room_id, "agent_id": agent_id, "outcome": outcome}
+        )
         return outcome
 
     def _record(
-        self, chat: WaitingChat, outcome: str, detail: str, choice: Choice | None, listing: Listing | None,
-        attempts: list[dict[str, Any]], agent_id: str | None = None,
+        self,
+        chat: WaitingChat,
+        outcome: str,
+        detail: str,
+        choice: Choice | None,
+        listing: Listing | None,
+        attempts: list[dict[str, Any]],
+        agent_id: str | None = None,
     ) -> None:
         decision: dict[str, Any] = {
             "kind": "chat",

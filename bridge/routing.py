@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridge.agents import Agent, presence_problem
-
 from bridge.settings import STRATEGIES  # noqa: F401 - re-exported: the strategies live with the settings
 
 
@@ -50,8 +49,12 @@ class Candidate:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "id": self.id, "username": self.username, "load": self.load, "capacity": self.capacity,
-            "last_assigned": self.last_assigned or None, "excluded": self.excluded,
+            "id": self.id,
+            "username": self.username,
+            "load": self.load,
+            "capacity": self.capacity,
+            "last_assigned": self.last_assigned or None,
+            "excluded": self.excluded,
         }
 
 

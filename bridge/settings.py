@@ -98,12 +98,8 @@ class Settings:
             agent_source=reader.choice("AGENT_SOURCE", ("auto", "available", "users"), default=default.agent_source),
             accept_idle_agents=reader.boolean("ACCEPT_IDLE_AGENTS"),
             directory_ttl_seconds=float(reader.integer("DIRECTORY_TTL_SECONDS", default=10, low=1, high=3600)),
-            directory_stale_seconds=float(
-                reader.integer("DIRECTORY_STALE_SECONDS", default=300, low=0, high=86_400)
-            ),
-            departments_ttl_seconds=float(
-                reader.integer("DEPARTMENTS_TTL_SECONDS", default=300, low=1, high=86_400)
-            ),
+            directory_stale_seconds=float(reader.integer("DIRECTORY_STALE_SECONDS", default=300, low=0, high=86_400)),
+            departments_ttl_seconds=float(reader.integer("DEPARTMENTS_TTL_SECONDS", default=300, low=1, high=86_400)),
             routing_strategy=reader.choice("ROUTING_STRATEGY", STRATEGIES, default=default.routing_strategy),
             strategy_by_department=reader.pairs("ROUTING_STRATEGY_BY_DEPARTMENT", STRATEGIES),
             default_max_chats=reader.integer("DEFAULT_MAX_CHATS", default=default.default_max_chats, low=0, high=1000),
@@ -191,8 +187,9 @@ class _Reader:
         for item in value.split(","):
             key, sep, choice = (part.strip() for part in item.partition("="))
             if not sep or not key or choice not in choices:
-                raise ConfigError(name, f"must be department=strategy pairs separated by commas, strategies: "
-                                        f"{', '.join(choices)}")
+                raise ConfigError(
+                    name, f"must be department=strategy pairs separated by commas, strategies: {', '.join(choices)}"
+                )
             result.append((key, choice))
         return tuple(result)
 

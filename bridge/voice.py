@@ -46,21 +46,38 @@ def route_extension(
             raise NotFound("agents/available is not in use", route="GET /api/v1/omnichannel/agents/available")
         listing = directory.agents(extension=extension)
     except NotFound:
-        decisions.record(record_id, {**decision, "outcome": "failed",
-                                     "detail": "voice extensions need Rocket.Chat 7.x (omnichannel VoIP was removed "
-                                               "in 8.0) and AGENT_SOURCE auto or available"})
+        decisions.record(
+            record_id,
+            {
+                **decision,
+                "outcome": "failed",
+                "detail": "voice extensions need Rocket.Chat 7.x (omnichannel VoIP was removed "
+                "in 8.0) and AGENT_SOURCE auto or available",
+            },
+        )
         return "voice routing unavailable: omnichannel VoIP needs Rocket.Chat 7.x"
     holder = next((agent for agent in listing.agents if agent.extension == extension), None)
     choice = choose(listing.agents, load.counts(), load.last_assigned(), Request(department_id), policy, time.time())
-    decision |= {"strategy": choice.strategy, "candidates": [c.to_dict() for c in choice.candidates],
-                 "previous_holder": holder.username if holder else None}
+    decision |= {
+        "strategy": choice.strategy,
+        "candidates": [c.to_dict() for c in choice.candidates],
+        "previous_holder": holder.username if holder else None,
+    }
     if not choice.ranked:
         decisions.record(record_id, {**decision, "outcome": "no agent", "detail": "no available agent can take it"})
         return f"extension {extension}: no available agent"
     winner = choice.ranked[0]
     if holder is not None and holder.id == winner.id:
-        decisions.record(record_id, {**decision, "outcome": "kept", "agent_id": winner.id,
-                                     "agent_username": winner.username, "detail": "the holder is still the best"})
+        decisions.record(
+            record_id,
+            {
+                **decision,
+                "outcome": "kept",
+                "agent_id": winner.id,
+                "agent_username": winner.username,
+                "detail": "the holder is still the best",
+            },
+        )
         return f"extension {extension} stays with {winner.username}"
     rc = rocketchat()
     try:
@@ -71,7 +88,14 @@ def route_extension(
         decisions.record(record_id, {**decision, "outcome": "failed", "agent_id": winner.id, "detail": str(error)})
         raise
     directory.cache.invalidate(f"agents:{directory.source()}:{extension}")
-    decisions.record(record_id, {**decision, "outcome": "assigned", "agent_id": winner.id,
-                                 "agent_username": winner.username,
-                                 "detail": f"moved from {holder.username}" if holder else "was free"})
+    decisions.record(
+        record_id,
+        {
+            **decision,
+            "outcome": "assigned",
+            "agent_id": winner.id,
+            "agent_username": winner.username,
+            "detail": f"moved from {holder.username}" if holder else "was free",
+        },
+    )
     return f"extension {extension} assigned to {winner.username}"

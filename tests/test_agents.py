@@ -5,8 +5,20 @@ from bridge.agents import Agent, normalise_agent, parse_max_chats, presence_prob
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [(5, 5), ("5", 5), (" 3 ", 3), (0, 0), ("0", 0), (2.0, 2), ("", None), (None, None), ("five", None),
-     (-1, None), (True, None), ([], None)],
+    [
+        (5, 5),
+        ("5", 5),
+        (" 3 ", 3),
+        (0, 0),
+        ("0", 0),
+        (2.0, 2),
+        ("", None),
+        (None, None),
+        ("five", None),
+        (-1, None),
+        (True, None),
+        ([], None),
+    ],
 )
 def test_max_chats_arrives_as_number_string_or_nothing(raw, expected):
     assert parse_max_chats(raw) == expected
@@ -14,14 +26,28 @@ def test_max_chats_arrives_as_number_string_or_nothing(raw, expected):
 
 def test_a_whole_user_document_becomes_a_small_agent():
     raw = {
-        "_id": "a1", "username": "ana", "name": "Ana", "status": "online", "statusLivechat": "available",
-        "livechat": {"maxNumberSimultaneousChat": "4"}, "extension": "2001", "lastRoutingTime": "2026-11-24T10:00:00Z",
-        "emails": [{"address": "ana@example.com"}], "services": {"password": {"bcrypt": "x"}}, "roles": ["livechat-agent"],
+        "_id": "a1",
+        "username": "ana",
+        "name": "Ana",
+        "status": "online",
+        "statusLivechat": "available",
+        "livechat": {"maxNumberSimultaneousChat": "4"},
+        "extension": "2001",
+        "lastRoutingTime": "2026-11-24T10:00:00Z",
+        "emails": [{"address": "ana@example.com"}],
+        "services": {"password": {"bcrypt": "x"}},
+        "roles": ["livechat-agent"],
     }
     agent = normalise_agent(raw)
     assert agent == Agent(
-        id="a1", username="ana", name="Ana", status="online", status_livechat="available", max_chats=4,
-        extension="2001", last_routing_time="2026-11-24T10:00:00Z",
+        id="a1",
+        username="ana",
+        name="Ana",
+        status="online",
+        status_livechat="available",
+        max_chats=4,
+        extension="2001",
+        last_routing_time="2026-11-24T10:00:00Z",
     )
     assert "ana@example.com" not in repr(agent.to_dict())
     assert Agent.from_dict(agent.to_dict()) == agent

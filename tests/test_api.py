@@ -47,19 +47,21 @@ def ask(web, **params):
     return httpx.get(f"{web.url}/external-queue", params=params, headers={"X-RocketChat-Secret-Token": QUEUE_TOKEN})
 
 
-def test_ten_parallel_external_requests_share_one_answer_and_one_reservation(web, warm_directory, redis_client,
-                                                                             rc_state):
+def test_ten_parallel_external_requests_share_one_answer_and_one_reservation(
+    web, warm_directory, redis_client, rc_state
+):
     async def ten():
         async with httpx.AsyncClient(base_url=web.url, headers={"X-RocketChat-Secret-Token": QUEUE_TOKEN}) as client:
-            return await asyncio.gather(*[client.get("/external-queue", params={"departmentId": SALES})
-                                          for _ in range(10)])
+            return await asyncio.gather(
+                *[client.get("/external-queue", params={"departmentId": SALES}) for _ in range(10)]
+            )
 
     calls_before = len(rc_state.requests())
     answers = asyncio.run(ten())
     assert {r.status_code for r in answers} == {200}
     bodies = {(r.json()["_id"], r.json()["username"]) for r in answers}
     assert len(bodies) == 1
-    (agent_id, username), = bodies
+    ((agent_id, username),) = bodies
     assert username in ("ana", "bo")
     assert LoadBook(redis_client).counts() == {agent_id: 1}
     assert len(rc_state.requests()) == calls_before, "Rocket.Chat is never called in the request path"
@@ -96,8 +98,7 @@ def test_external_is_off_without_a_token(rc_settings):
 
 def test_voice_route_moves_the_extension_to_an_available_agent(web, api_settings, redis_client, rc_state, team):
     holder = rc_state.add_agent("ivy", status="offline", extension="2001", departments=[SALES])
-    response = httpx.post(f"{web.url}/voice/route", json={"extension": "2001", "departmentId": SALES},
-                          headers=BEARER)
+    response = httpx.post(f"{web.url}/voice/route", json={"extension": "2001", "departmentId": SALES}, headers=BEARER)
     assert response.status_code == 202
     decision_url = response.json()["decision"]
     build_worker(api_settings, redis_client).work(burst=True)
@@ -108,14 +109,14 @@ def test_voice_route_moves_the_extension_to_an_available_agent(web, api_settings
     assert rc_state.users[team[decision["agent_username"]]]["extension"] == "2001"
     assert "extension" not in rc_state.users[holder["_id"]]
     assert rc_state.log_lines()[-2:] == [
-        "DELETE /api/v1/omnichannel/agent/extension/ivy > 200", "POST /api/v1/omnichannel/agent/extension > 200",
+        "DELETE /api/v1/omnichannel/agent/extension/ivy > 200",
+        "POST /api/v1/omnichannel/agent/extension > 200",
     ]
 
 
 def test_voice_on_8x_fails_clearly(web, api_settings, redis_client, rc_state, team):
     rc_state.version = "8.8.1"
-    response = httpx.post(f"{web.url}/voice/route", json={"extension": "2001", "requestId": "call-1"},
-                          headers=BEARER)
+    response = httpx.post(f"{web.url}/voice/route", json={"extension": "2001", "requestId": "call-1"}, headers=BEARER)
     assert response.json()["id"] == "call-1"
     build_worker(api_settings, redis_client).work(burst=True)
     decision = httpx.get(f"{web.url}/decisions/voice-call-1", headers=BEARER).json()["decisions"][-1]
@@ -124,9 +125,14 @@ def test_voice_on_8x_fails_clearly(web, api_settings, redis_client, rc_state, te
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({}, "extension"), ({"extension": ""}, "extension"), ({"extension": "20 01"}, "extension"),
-     ({"extension": 2001}, "extension"), ({"extension": "2001", "departmentId": ["x"]}, "departmentId"),
-     ({"extension": "2001", "requestId": "a" * 65}, "requestId")],
+    [
+        ({}, "extension"),
+        ({"extension": ""}, "extension"),
+        ({"extension": "20 01"}, "extension"),
+        ({"extension": 2001}, "extension"),
+        ({"extension": "2001", "departmentId": ["x"]}, "departmentId"),
+        ({"extension": "2001", "requestId": "a" * 65}, "requestId"),
+    ],
 )
 def test_voice_route_refuses_bad_bodies(web, body, field, redis_client):
     response = httpx.post(f"{web.url}/voice/route", json=body, headers=BEARER)

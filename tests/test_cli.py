@@ -40,7 +40,11 @@ def test_up_runs_everything_on_an_embedded_redis_and_stops_cleanly():
     env.update(ROCKETCHAT_WEBHOOK_TOKEN="cli-test-token", LOG_LEVEL="WARNING")
     process = subprocess.Popen(
         [sys.executable, "-m", "bridge", "up", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)

@@ -44,8 +44,12 @@ def test_doctor_names_each_missing_permission_of_a_plain_agent_account(rc_settin
     assert table["view-livechat-manager (queued inquiries)"] == "FAIL"
     assert table["manage-agent-extension-association (agents/available, voice)"] == "FAIL"
     assert table["rate limits"] == "WARN"
-    for permission in ("transfer-livechat-guest", "view-livechat-rooms", "view-livechat-manager",
-                       "manage-agent-extension-association"):
+    for permission in (
+        "transfer-livechat-guest",
+        "view-livechat-rooms",
+        "view-livechat-manager",
+        "manage-agent-extension-association",
+    ):
         assert f"fix: grant the permission {permission}" in output
     assert output.rstrip().endswith("4 check(s) failed")
 
@@ -59,8 +63,12 @@ def test_doctor_reports_rejected_credentials(rc_settings, capsys):
 
 
 def test_doctor_reports_unreachable_services(settings, capsys):
-    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "ROCKETCHAT_URL": "http://127.0.0.1:1",
-           "ROCKETCHAT_USER_ID": "u", "ROCKETCHAT_AUTH_TOKEN": Secret("t")}
+    env = {
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "ROCKETCHAT_URL": "http://127.0.0.1:1",
+        "ROCKETCHAT_USER_ID": "u",
+        "ROCKETCHAT_AUTH_TOKEN": Secret("t"),
+    }
     assert main(["doctor"], env=env) == 1
     table = rows(capsys.readouterr().out)
     assert table == {"Redis": "FAIL", "Rocket.Chat": "FAIL"}

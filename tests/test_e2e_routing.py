@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge import keys
 from bridge.directory import AgentDirectory
 from bridge.load import LoadBook
 from bridge.rocketchat import RocketChat
@@ -269,7 +268,8 @@ def test_request_log_shows_get_one_then_take_and_a_cached_agent_list(bridge):
     wait_served(bridge, [rid])
     entries = bridge.state.requests()
     lines = [
-        (entry.line, index) for index, entry in enumerate(entries)
+        (entry.line, index)
+        for index, entry in enumerate(entries)
         if (entry.path == GET_ONE and entry.query.get("roomId") == rid)
         or (entry.path == TAKE and (entry.body or {}).get("inquiryId") == inquiry_id)
     ]
@@ -290,7 +290,8 @@ def test_request_log_shows_get_one_then_take_and_a_cached_agent_list(bridge):
     wait_served(bridge, more)
     window = time.monotonic() - window_start
     fetches = sum(
-        1 for entry in bridge.state.requests()
+        1
+        for entry in bridge.state.requests()
         if entry.path == AVAILABLE and window_start <= entry.at <= window_start + window
     )
     bound = math.floor(window / (0.75 * DIRECTORY_TTL_SECONDS)) + 1
@@ -317,7 +318,8 @@ def test_an_agent_gone_offline_before_the_directory_knows_is_skipped(bridge, red
     wait_served(bridge, [rid], timeout=10)
     assert bridge.watch.served_by(rid) == "bo"
     assert [(name, status) for inquiry, name, status in bridge.takes() if inquiry == inquiry_id] == [
-        ("ana", 400), ("bo", 200),
+        ("ana", 400),
+        ("bo", 200),
     ]
     decision = bridge.decisions(rid)[-1]
     assert decision["outcome"] == "routed" and decision["agent_username"] == "bo"

@@ -7,8 +7,9 @@ from bridge.settings import Secret, Settings
 
 
 def test_configured_secrets_are_masked_in_every_part_of_a_record():
-    settings = Settings(webhook_token=Secret("hook-secret-1234"), rocketchat_password=Secret("pw-secret-5678"),
-                        log_format="json")
+    settings = Settings(
+        webhook_token=Secret("hook-secret-1234"), rocketchat_password=Secret("pw-secret-5678"), log_format="json"
+    )
     stream = io.StringIO()
     logs.configure(settings, stream=stream)
     log = logging.getLogger("test.logs")

@@ -1,9 +1,9 @@
 import httpx
 
+from bridge import endpoints
 from bridge.app import create_app
 from bridge.metrics import Metrics
 from bridge.rocketchat import RocketChat
-from bridge import endpoints
 from tests.support import ServerThread
 
 

@@ -63,9 +63,7 @@ def test_system_messages_are_dropped_except_the_closing_one() -> None:
 def test_navigation_messages_are_kept_when_both_settings_are_on() -> None:
     page = {"page": {"title": "Pricing"}}
     navigation = message("m3", VISITOR, t="livechat_navigation_history", navigation=page)
-    body = payloads.room_event(
-        "LivechatEdit", ROOM, VISITOR, None, [navigation], send_navigation_history=True
-    )
+    body = payloads.room_event("LivechatEdit", ROOM, VISITOR, None, [navigation], send_navigation_history=True)
     assert body["messages"][0]["navigation"] == {"page": {"title": "Pricing"}}
 
 
@@ -154,9 +152,7 @@ def test_each_room_event_type_adds_its_own_fields(event_type: str, extra: list[s
         "closedBy": {"_id": AGENT["_id"], "username": "jonas.weber"},
         "closer": "user",
     }
-    body = payloads.room_event(
-        event_type, room, VISITOR, AGENT, old_served_by=SERVED_BY, old_department_id="D0"
-    )
+    body = payloads.room_event(event_type, room, VISITOR, AGENT, old_served_by=SERVED_BY, old_department_id="D0")
     assert list(body)[list(body).index("messages") + 1 :] == extra
 
 

@@ -6,7 +6,13 @@ import pytest
 
 from bridge import endpoints
 from bridge.budget import CallBudget
-from bridge.errors import CredentialsRejected, NotFound, PermissionDenied, RequestRejected, RocketChatUnavailable
+from bridge.errors import (
+    CredentialsRejected,
+    NotFound,
+    PermissionDenied,
+    RequestRejected,
+    RocketChatUnavailable,
+)
 from bridge.rocketchat import RocketChat, error_type_of
 from bridge.settings import Secret
 from tests.team import seed_team
@@ -28,15 +34,22 @@ def test_a_personal_access_token_authenticates(rc, service_account):
 
 def test_username_and_password_log_in_and_log_in_again_once_after_a_401(rc_state, rc_settings):
     user_id, _ = rc_state.add_account("svc", ["bot", "livechat-manager"], password="pw-8c1d")
-    settings = rc_settings.replace(rocketchat_user_id=None, rocketchat_auth_token=Secret(""),
-                                   rocketchat_username="svc", rocketchat_password=Secret("pw-8c1d"))
+    settings = rc_settings.replace(
+        rocketchat_user_id=None,
+        rocketchat_auth_token=Secret(""),
+        rocketchat_username="svc",
+        rocketchat_password=Secret("pw-8c1d"),
+    )
     rc = RocketChat(settings)
     assert endpoints.me(rc)["_id"] == user_id
     rc._token = "expired-token"  # what a server-side logout leaves behind
     assert endpoints.me(rc)["_id"] == user_id
     assert rc_state.log_lines() == [
-        "POST /api/v1/login > 200", "GET /api/v1/me > 200", "GET /api/v1/me > 401",
-        "POST /api/v1/login > 200", "GET /api/v1/me > 200",
+        "POST /api/v1/login > 200",
+        "GET /api/v1/me > 200",
+        "GET /api/v1/me > 401",
+        "POST /api/v1/login > 200",
+        "GET /api/v1/me > 200",
     ]
     rc.close()
 
@@ -54,8 +67,14 @@ def test_rejected_credentials_say_which_variables_to_check(rc_settings, rc_state
 
 def test_a_wrong_password_is_reported_as_rejected_credentials(rc_state, rc_settings):
     rc_state.add_account("svc", ["bot"], password="right")
-    rc = RocketChat(rc_settings.replace(rocketchat_user_id=None, rocketchat_auth_token=Secret(""),
-                                        rocketchat_username="svc", rocketchat_password=Secret("wrong")))
+    rc = RocketChat(
+        rc_settings.replace(
+            rocketchat_user_id=None,
+            rocketchat_auth_token=Secret(""),
+            rocketchat_username="svc",
+            rocketchat_password=Secret("wrong"),
+        )
+    )
     with pytest.raises(CredentialsRejected) as raised:
         endpoints.me(rc)
     assert "ROCKETCHAT_USERNAME/ROCKETCHAT_PASSWORD" in str(raised.value)
@@ -151,15 +170,28 @@ def test_a_timeout_is_retried(rc_state, rc_settings):
 
 def test_a_400_keeps_rocketchats_error_type(rc_state, rc):
     with pytest.raises(RequestRejected) as raised:
-        rc.request("POST", "/api/v1/livechat/inquiries.take", json={"inquiryId": "nope", "userId": rc.settings.rocketchat_user_id})
+        rc.request(
+            "POST",
+            "/api/v1/livechat/inquiries.take",
+            json={"inquiryId": "nope", "userId": rc.settings.rocketchat_user_id},
+        )
     assert raised.value.error_type == "error-not-found"
 
 
 @pytest.mark.parametrize(
     ("body", "code"),
     [
-        ({"success": False, "error": "Inquiry not found [error-not-found]", "errorType": "error-not-found"}, "error-not-found"),
-        ({"success": False, "error": "User does not have the permissions required for this action [error-forbidden]"}, "error-forbidden"),
+        (
+            {"success": False, "error": "Inquiry not found [error-not-found]", "errorType": "error-not-found"},
+            "error-not-found",
+        ),
+        (
+            {
+                "success": False,
+                "error": "User does not have the permissions required for this action [error-forbidden]",
+            },
+            "error-forbidden",
+        ),
         ({"success": False, "error": "error-invalid-room"}, "error-invalid-room"),
         ({"success": False, "error": "The user is invalid"}, None),
         ({"status": "error", "message": "You must be logged in to do this."}, None),
@@ -194,8 +226,10 @@ def test_department_members(rc_state, rc):
 
 def test_the_documented_agent_shape_is_accepted_too():
     # The public docs page shows {"agent": {...}}; the real answer is {"agents": [...], offset, count, total}.
-    documented = {"agent": {"_id": "a1", "username": "ana", "livechat": {"maxNumberSimultaneousChat": "5"}},
-                  "success": True}
+    documented = {
+        "agent": {"_id": "a1", "username": "ana", "livechat": {"maxNumberSimultaneousChat": "5"}},
+        "success": True,
+    }
     assert endpoints.page_items(documented, "agents") == [documented["agent"]]
     assert endpoints.page_items({"agents": [], "total": 0}, "agents") == []
     assert endpoints.page_items({"success": True}, "agents") is None

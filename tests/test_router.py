@@ -9,7 +9,7 @@ from bridge.load import LoadBook
 from bridge.sandbox import payloads
 from tests.conftest import WEBHOOK_TOKEN
 from tests.support import ServerThread
-from tests.team import SALES, SUPPORT, seed_team
+from tests.team import SALES, seed_team
 from workers.worker import build_worker
 
 
@@ -30,8 +30,9 @@ def queued_webhook(rc_state, room):
 
 
 def deliver(bridge, payload):
-    response = httpx.post(f"{bridge.url}/webhooks/livechat", json=payload,
-                          headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN})
+    response = httpx.post(
+        f"{bridge.url}/webhooks/livechat", json=payload, headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -61,8 +62,9 @@ def served_by(rc_state, room):
     return (rc_state.rooms[room["_id"]].get("servedBy") or {}).get("_id")
 
 
-def test_chats_wait_while_everyone_is_full_and_are_served_when_one_closes(rc_settings, rc_state, team, bridge,
-                                                                          redis_client):
+def test_chats_wait_while_everyone_is_full_and_are_served_when_one_closes(
+    rc_settings, rc_state, team, bridge, redis_client
+):
     rooms = []
     for _ in range(6):  # sales capacity: ana 2 + bo 3 = 5
         room, _ = rc_state.open_chat(department=SALES)
@@ -83,8 +85,9 @@ def test_chats_wait_while_everyone_is_full_and_are_served_when_one_closes(rc_set
     assert loads == {team["ana"]: 2, team["bo"]: 3}
 
 
-def test_agents_rocketchat_calls_offline_are_skipped_and_the_chat_waits(rc_settings, rc_state, team, bridge,
-                                                                       redis_client):
+def test_agents_rocketchat_calls_offline_are_skipped_and_the_chat_waits(
+    rc_settings, rc_state, team, bridge, redis_client
+):
     from bridge.directory import AgentDirectory
     from bridge.rocketchat import RocketChat
 
@@ -161,11 +164,15 @@ def test_a_served_chat_is_forwarded_to_the_next_agent(rc_settings, rc_state, tea
     assert LoadBook(redis_client).counts() == {team["bo"]: 1}
     decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]
     assert (decision["kind"], decision["outcome"], decision["previous_agent_id"]) == (
-        "reroute", "forwarded", team["ana"])
+        "reroute",
+        "forwarded",
+        team["ana"],
+    )
 
 
-def test_forwarding_skips_an_offline_agent_and_moves_the_count_back_on_failure(rc_settings, rc_state, team,
-                                                                               redis_client):
+def test_forwarding_skips_an_offline_agent_and_moves_the_count_back_on_failure(
+    rc_settings, rc_state, team, redis_client
+):
     from bridge.forwarding import reroute
     from bridge.rocketchat import RocketChat
     from workers import context

@@ -9,8 +9,14 @@ NOW = 1_000_000.0
 
 
 def agent(name, status="online", livechat="available", max_chats=None, departments=("d1",)):
-    return Agent(id=name, username=name, status=status, status_livechat=livechat, max_chats=max_chats,
-                 departments=tuple(departments))
+    return Agent(
+        id=name,
+        username=name,
+        status=status,
+        status_livechat=livechat,
+        max_chats=max_chats,
+        departments=tuple(departments),
+    )
 
 
 TEAM = [

@@ -140,9 +140,7 @@ def test_a_handler_refusal_is_a_bare_403(launch: Launch, version: str, error: st
 
 def test_an_agent_may_count_its_own_rooms(launch: Launch) -> None:
     sandbox = launch()
-    agent_id, token = sandbox.state.add_account(
-        "agent", ["user", "livechat-agent"], statusLivechat="available"
-    )
+    agent_id, token = sandbox.state.add_account("agent", ["user", "livechat-agent"], statusLivechat="available")
     room, _ = sandbox.state.open_chat()
     sandbox.state.assign(room["_id"], agent_id)
     reply = sandbox.client(agent_id, token).get(
@@ -174,9 +172,7 @@ def test_agents_available_ignores_presence_and_does_not_enforce_count(launch: La
     state.add_account("mgr", ["livechat-manager"])
     admin = sandbox.account("admin", "admin")
 
-    reply = admin.get(
-        "/api/v1/omnichannel/agents/available", params={"count": 2, "sort": '{"username": 1}'}
-    ).json()
+    reply = admin.get("/api/v1/omnichannel/agents/available", params={"count": 2, "sort": '{"username": 1}'}).json()
     assert [agent["username"] for agent in reply["agents"]] == ["ann", "ben", "cat"]
     assert (reply["count"], reply["offset"], reply["total"], reply["success"]) == (2, 0, 3, True)
     first = reply["agents"][0]
@@ -266,20 +262,13 @@ def test_agent_status_changes_own_status_and_guards_others(launch: Launch) -> No
         "status": "not-available",
         "success": True,
     }
-    refused = me.post(
-        "/api/v1/livechat/agent.status", json={"agentId": other["_id"], "status": "not-available"}
-    )
+    refused = me.post("/api/v1/livechat/agent.status", json={"agentId": other["_id"], "status": "not-available"})
     assert (refused.status_code, refused.json()) == (403, {"success": False, "error": "forbidden"})
     manager = sandbox.account("mgr", "livechat-manager")
-    changed = manager.post(
-        "/api/v1/livechat/agent.status", json={"agentId": other["_id"], "status": "not-available"}
-    )
+    changed = manager.post("/api/v1/livechat/agent.status", json={"agentId": other["_id"], "status": "not-available"})
     assert changed.json()["status"] == "not-available"
     assert manager.post("/api/v1/livechat/agent.status", json={}).status_code == 404  # a manager is no agent
-    assert (
-        me.post("/api/v1/livechat/agent.status", json={"status": "busy"}).json()["errorType"]
-        == "invalid-params"
-    )
+    assert me.post("/api/v1/livechat/agent.status", json={"status": "busy"}).json()["errorType"] == "invalid-params"
 
 
 # -- the queue ------------------------------------------------------------------------------------
@@ -294,12 +283,10 @@ def test_take_assigns_the_room_and_tells_listeners(launch: Launch, version: str)
     room, inquiry = state.open_chat()
     bot = sandbox.account("svc", "bot", "livechat-manager")
 
-    assert bot.get("/api/v1/livechat/inquiries.getOne", params={"roomId": room["_id"]}).json()["inquiry"][
-        "status"
-    ] == ("queued")
-    reply = bot.post(
-        "/api/v1/livechat/inquiries.take", json={"inquiryId": inquiry["_id"], "userId": amy["_id"]}
+    assert bot.get("/api/v1/livechat/inquiries.getOne", params={"roomId": room["_id"]}).json()["inquiry"]["status"] == (
+        "queued"
     )
+    reply = bot.post("/api/v1/livechat/inquiries.take", json={"inquiryId": inquiry["_id"], "userId": amy["_id"]})
     assert reply.status_code == 200
     if version == V8:
         assert reply.json() == {"success": True}
@@ -331,14 +318,8 @@ def test_take_errors_use_the_meteor_shape(launch: Launch) -> None:
         return str(reply.json().get("errorType"))
 
     assert error_type({"inquiryId": "nope", "userId": busy["_id"]}) == "error-not-found"
-    assert (
-        error_type({"inquiryId": inquiry["_id"], "userId": offline["_id"]})
-        == "error-agent-status-service-offline"
-    )
-    assert (
-        error_type({"inquiryId": inquiry["_id"], "userId": idle["_id"]})
-        == "error-agent-status-service-offline"
-    )
+    assert error_type({"inquiryId": inquiry["_id"], "userId": offline["_id"]}) == "error-agent-status-service-offline"
+    assert error_type({"inquiryId": inquiry["_id"], "userId": idle["_id"]}) == "error-agent-status-service-offline"
     assert take({"inquiryId": inquiry["_id"], "userId": "ghost"}).json() == {
         "success": False,
         "error": "The user is invalid",
@@ -379,9 +360,7 @@ def test_queue_listings(launch: Launch) -> None:
     everything = manager.get("/api/v1/livechat/inquiries.queuedForUser").json()  # in no department: all
     assert everything["total"] == 2
     listed = manager.get("/api/v1/livechat/inquiries.list", params={"department": support["_id"]}).json()
-    assert [set(inquiry) for inquiry in listed["inquiries"]] == [
-        {"_id", "rid", "name", "ts", "status", "department"}
-    ]
+    assert [set(inquiry) for inquiry in listed["inquiries"]] == [{"_id", "rid", "name", "ts", "status", "department"}]
     assert agent.get("/api/v1/livechat/inquiries.list").status_code == 403
 
 
@@ -430,9 +409,7 @@ def test_forward_to_an_agent_and_to_a_department(launch: Launch) -> None:
     assert forwarded["servedBy"]["_id"] == bob["_id"] and forwarded["oldServedBy"]["_id"] == amy["_id"]
     assert state.open_chats_of(amy["_id"]) == [] and len(state.open_chats_of(bob["_id"])) == 1
 
-    to_sales = manager.post(
-        "/api/v1/livechat/room.forward", json={"roomId": room["_id"], "departmentId": sales["_id"]}
-    )
+    to_sales = manager.post("/api/v1/livechat/room.forward", json={"roomId": room["_id"], "departmentId": sales["_id"]})
     assert to_sales.json() == {"success": True}
     assert received[-1][0] == "LivechatSessionForwarded" and "servedBy" not in received[-1][1]
     requeued = state.inquiries[inquiry["_id"]]

@@ -240,9 +240,7 @@ def test_the_events_filter_mirrors_the_webhook_toggles(
     assert receiver.types() == [CLOSED]
 
 
-def test_the_listener_does_not_wait_for_the_receiver(
-    rc_state: SandboxState, receiver: Receiver, start: Start
-) -> None:
+def test_the_listener_does_not_wait_for_the_receiver(rc_state: SandboxState, receiver: Receiver, start: Start) -> None:
     gate = threading.Event()
     receiver.script.append(Reply(200, gate=gate))
     poster = start(attempts=1)
@@ -254,9 +252,7 @@ def test_the_listener_does_not_wait_for_the_receiver(
     assert [o.outcome for o in poster.outcomes()] == ["delivered"]
 
 
-def test_close_without_flush_drops_pending_retries(
-    rc_state: SandboxState, receiver: Receiver, start: Start
-) -> None:
+def test_close_without_flush_drops_pending_retries(rc_state: SandboxState, receiver: Receiver, start: Start) -> None:
     receiver.script.append(Reply(503))
     poster = start(retry_delay=60.0)
     rc_state.open_chat()

@@ -66,9 +66,11 @@ def test_taken_forwarded_and_closed_webhooks_keep_agent_load(settings, redis_cli
     book = LoadBook(redis_client)
     worker = build_worker(settings, redis_client)
     with ServerThread(create_app(settings)) as bridge:
+
         def deliver(payload):
-            httpx.post(f"{bridge.url}/webhooks/livechat", json=payload,
-                       headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}).raise_for_status()
+            httpx.post(
+                f"{bridge.url}/webhooks/livechat", json=payload, headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
+            ).raise_for_status()
             worker.work(burst=True)
 
         deliver(taken)

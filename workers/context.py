@@ -45,7 +45,8 @@ class WorkerContext:
     @property
     def directory(self) -> AgentDirectory:
         cache = SharedCache(
-            self.redis, on_outcome=lambda name, outcome: self.metrics.inc("omnibridge_directory_lookups", outcome=outcome)
+            self.redis,
+            on_outcome=lambda name, outcome: self.metrics.inc("omnibridge_directory_lookups", outcome=outcome),
         )
         return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
 

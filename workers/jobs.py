@@ -50,8 +50,16 @@ def route_voice(request_id: str, extension: str, department_id: str | None) -> s
     from bridge.voice import route_extension
 
     ctx = current()
-    return route_extension(request_id, extension, department_id, ctx.directory, ctx.rocketchat, ctx.load,
-                           ctx.router.decisions, ctx.router.policy(department_id))
+    return route_extension(
+        request_id,
+        extension,
+        department_id,
+        ctx.directory,
+        ctx.rocketchat,
+        ctx.load,
+        ctx.router.decisions,
+        ctx.router.policy(department_id),
+    )
 
 
 def refresh_directory() -> str:

@@ -16,9 +16,7 @@ def users_agent(call: Call) -> dict[str, Any]:
     """`findAgents`: an aggregate over agents with their department ids; count IS enforced here."""
     state = call.state
     assert call.user is not None
-    if not any(
-        state.has_permission(call.user, p) for p in ("transfer-livechat-guest", "edit-omnichannel-contact")
-    ):
+    if not any(state.has_permission(call.user, p) for p in ("transfer-livechat-guest", "edit-omnichannel-contact")):
         raise errors.forbidden(call.major)
     offset, count = params.pagination(call)
     sort = params.sort_spec(call, default={"name": 1})
@@ -29,9 +27,7 @@ def users_agent(call: Call) -> dict[str, Any]:
     with state.lock:
         agents = [user for user in state.users.values() if "livechat-agent" in user.get("roles", ())]
         if text:
-            agents = [
-                u for u in agents if params.contains(text, u["username"], u.get("name"), *_addresses(u))
-            ]
+            agents = [u for u in agents if params.contains(text, u["username"], u.get("name"), *_addresses(u))]
         if only_available:
             agents = [u for u in agents if u.get("statusLivechat") == "available"]
         if exclude_id:
@@ -66,8 +62,7 @@ def agent_departments(call: Call) -> dict[str, Any]:
         if enabled_only:
             links = [link for link in links if link["departmentEnabled"]]
         departments = [
-            {**copy.deepcopy(link), "departmentName": state.departments[link["departmentId"]]["name"]}
-            for link in links
+            {**copy.deepcopy(link), "departmentName": state.departments[link["departmentId"]]["name"]} for link in links
         ]
     return {"departments": departments}
 

@@ -50,9 +50,7 @@ def _resumed(call: Call, token: str) -> Doc:
     owner = call.state.credentials.owner_of(token)
     user = call.state.authenticate(owner, token)
     if user is None:
-        raise errors.login_failed(
-            call.major, 403, "You've been logged out by the server. Please log in again."
-        )
+        raise errors.login_failed(call.major, 403, "You've been logged out by the server. Please log in again.")
     return user
 
 

@@ -27,9 +27,7 @@ def _take_body(call: Call) -> str | None:
     optional: dict[str, type] = {"userId": str} | ({"options": dict} if call.major >= 8 else {})
     problem = params.check_body(call.body, {"inquiryId": str}, optional)
     if problem is None and "options" in call.body:
-        problem = params.check_body(
-            call.body["options"], {"clientAction": bool}, {"forwardingToDepartment": dict}
-        )
+        problem = params.check_body(call.body["options"], {"clientAction": bool}, {"forwardingToDepartment": dict})
     return problem
 
 
@@ -91,12 +89,8 @@ def _projected(inquiry: Doc) -> Doc:
 _AGENTS = ("view-l-room",)
 
 ENDPOINTS = [
-    Endpoint(
-        "GET", "/api/v1/livechat/inquiries.getOne", get_one, permissions=_AGENTS, validate=_get_one_query
-    ),
+    Endpoint("GET", "/api/v1/livechat/inquiries.getOne", get_one, permissions=_AGENTS, validate=_get_one_query),
     Endpoint("POST", "/api/v1/livechat/inquiries.take", take, permissions=_AGENTS, validate=_take_body),
     Endpoint("GET", "/api/v1/livechat/inquiries.queuedForUser", queued_for_user, permissions=_AGENTS),
-    Endpoint(
-        "GET", "/api/v1/livechat/inquiries.list", inquiries_list, permissions=("view-livechat-manager",)
-    ),
+    Endpoint("GET", "/api/v1/livechat/inquiries.list", inquiries_list, permissions=("view-livechat-manager",)),
 ]

@@ -16,9 +16,7 @@ def _forward_body(call: Call) -> str | None:
 def forward(call: Call) -> dict[str, Any]:
     body = call.body
     try:
-        forward_room(
-            call.state, body["roomId"], user_id=body.get("userId"), department_id=body.get("departmentId")
-        )
+        forward_room(call.state, body["roomId"], user_id=body.get("userId"), department_id=body.get("departmentId"))
     except RoutingError as refused:
         # room.ts and Helper.ts throw plain Errors here: the id is the whole message, no errorType.
         raise errors.failure(refused.code) from None

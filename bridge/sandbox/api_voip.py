@@ -40,9 +40,7 @@ def agents_available(call: Call) -> dict[str, Any]:
 
 def _extension_body(call: Call) -> str | None:
     # oneOf [{userId, extension}, {username, extension}], each additionalProperties:false.
-    fits = [
-        params.check_body(call.body, {key: str, "extension": str}) is None for key in ("userId", "username")
-    ]
+    fits = [params.check_body(call.body, {key: str, "extension": str}) is None for key in ("userId", "username")]
     return None if fits.count(True) == 1 else "must match exactly one schema in oneOf"
 
 
@@ -50,9 +48,7 @@ def _agent(call: Call, *, user_id: str | None = None, username: str | None = Non
     """`findOneAgentById` / `findOneByAgentUsername`: only users with the livechat-agent role."""
     with call.state.lock:
         for user in call.state.users.values():
-            if "livechat-agent" in user.get("roles", ()) and (
-                user["_id"] == user_id or user["username"] == username
-            ):
+            if "livechat-agent" in user.get("roles", ()) and (user["_id"] == user_id or user["username"] == username):
                 return copy.deepcopy(user)
     return None
 

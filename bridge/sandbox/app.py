@@ -114,9 +114,7 @@ def _rate_limit(
     state: SandboxState, endpoint: Endpoint, request: Request, user: dict[str, Any] | None
 ) -> dict[str, str]:
     """Rocket.Chat's `enforceRateLimit`; callers with api-bypass-rate-limit skip it entirely."""
-    if not state.rate_limit_enabled or (
-        user is not None and state.has_permission(user, "api-bypass-rate-limit")
-    ):
+    if not state.rate_limit_enabled or (user is not None and state.has_permission(user, "api-bypass-rate-limit")):
         return {}
     client_ip = request.client.host if request.client else ""
     verdict = state.limiter.hit(

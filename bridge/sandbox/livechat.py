@@ -114,7 +114,5 @@ def _to_department(state: SandboxState, room: Doc, department_id: str, agent_id:
     room.pop("servedBy", None)
     inquiry.update(department=department_id, status="queued", queuedAt=now, _updatedAt=now)
     inquiry.pop("takenAt", None)
-    forwarded = copy.deepcopy(
-        {**room, **({"oldDepartmentId": old_department_id} if old_department_id else {})}
-    )
+    forwarded = copy.deepcopy({**room, **({"oldDepartmentId": old_department_id} if old_department_id else {})})
     return [(FORWARDED, forwarded)]

@@ -164,9 +164,7 @@ def _crm_payload(
     payload["type"] = event_type
     username = payload["visitor"].get("username", _UNDEFINED)
     payload["messages"] = [
-        _message_item(message, username, legacy)
-        for message in messages
-        if _is_sent(message, send_navigation_history)
+        _message_item(message, username, legacy) for message in messages if _is_sent(message, send_navigation_history)
     ]
     # The old JS switch matched 'LivechatSessionStarted', so LivechatSessionStart got no departmentId.
     extra_type = "LivechatSessionStarted" if legacy and event_type == "LivechatSessionStart" else event_type

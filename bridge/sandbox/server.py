@@ -85,9 +85,7 @@ class SandboxServer:
             timeout_graceful_shutdown=1,
         )
         server = _PromptServer(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [listener]}, name="sandbox-server", daemon=True
-        )
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="sandbox-server", daemon=True)
         self._server, self._thread = server, thread
         thread.start()
         deadline = time.monotonic() + timeout

@@ -244,9 +244,7 @@ class SandboxState(Controls):
             if department is not None and department not in self.departments:
                 raise KeyError(f"no department {department!r}")
             now = self.now()
-            guest = documents.visitor_doc(
-                self.new_id(), len(self.visitors) + 1, self.new_id(), now, visitor or {}
-            )
+            guest = documents.visitor_doc(self.new_id(), len(self.visitors) + 1, self.new_id(), now, visitor or {})
             room = documents.room_doc(self.new_id(), guest, now)
             inquiry = documents.inquiry_doc(self.new_id(), room, message, now)
             if department is not None:
@@ -255,9 +253,7 @@ class SandboxState(Controls):
             self.visitors[guest["_id"]] = guest
             self.rooms[room["_id"]] = room
             self.inquiries[inquiry["_id"]] = inquiry
-            self.messages[room["_id"]] = [
-                documents.visitor_message_doc(self.new_id(), room, guest, message, now)
-            ]
+            self.messages[room["_id"]] = [documents.visitor_message_doc(self.new_id(), room, guest, message, now)]
             result = copy.deepcopy(room), copy.deepcopy(inquiry)
         self.emit([(QUEUED, result[0])])
         return result

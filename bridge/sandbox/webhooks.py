@@ -110,8 +110,7 @@ class WebhookPoster:
         self._attempts: list[Attempt] = []
         self._outcomes: list[Outcome] = []
         self._threads = [
-            threading.Thread(target=self._work, name=f"sandbox-webhooks-{n}", daemon=True)
-            for n in range(workers)
+            threading.Thread(target=self._work, name=f"sandbox-webhooks-{n}", daemon=True) for n in range(workers)
         ]
 
     def attach(self) -> WebhookPoster:
