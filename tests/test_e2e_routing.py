@@ -34,6 +34,7 @@ from tests.support import wait_for
 from tests.team import SALES, SUPPORT, seed_team
 
 API_TOKEN = "e2e-api-token-7c41"
+QUEUE_TOKEN = "e2e-external-queue-token-52d"
 TAKE = "/api/v1/livechat/inquiries.take"
 GET_ONE = "/api/v1/livechat/inquiries.getOne"
 AVAILABLE = "/api/v1/omnichannel/agents/available"
@@ -134,6 +135,7 @@ def bridge(rc_state, rc_server, service_account, redis_url, redis_client, tmp_pa
         "ROCKETCHAT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
         "ROCKETCHAT_CALLS_PER_MINUTE": "0",  # the service account has the bot role
         "BRIDGE_API_TOKEN": API_TOKEN,
+        "ROCKETCHAT_EXTERNAL_QUEUE_TOKEN": QUEUE_TOKEN,
         "TICK_SECONDS": str(TICK_SECONDS),
         "DIRECTORY_TTL_SECONDS": str(DIRECTORY_TTL_SECONDS),
         "LOAD_RECONCILE_SECONDS": "10",  # the first tick checks the load while the first chats are routed
@@ -336,3 +338,49 @@ def test_an_agent_gone_offline_before_the_directory_knows_is_skipped(bridge, red
     assert all(status != 200 for _, name, status in bridge.takes() if name == "ana")
     assert bridge.watch.max_open["bo"] <= CAPACITY["bo"]
     summary("agent offline", 3, len(bridge.watch.taken), bridge.watch, started)
+
+
+@pytest.mark.slow
+def test_external_service_and_voice_through_the_real_processes(bridge, redis_client):
+    """Rocket.Chat's 10 parallel External Service calls count once; a voice extension moves to a free agent."""
+    started = time.monotonic()
+    headers = {"X-RocketChat-Secret-Token": QUEUE_TOKEN}
+    # The first ask finds no cached directory: it answers {} and asks a worker to refresh it.
+    wait_for(
+        lambda: httpx.get(f"{bridge.url}/external-queue", params={"departmentId": SUPPORT}, headers=headers).json(),
+        timeout=15,
+        interval=0.2,
+    )
+    redis_client.delete(*redis_client.keys("ob:external:*"), *redis_client.keys("ob:pending:*"))
+
+    def ask() -> dict[str, Any]:
+        return httpx.get(f"{bridge.url}/external-queue", params={"departmentId": SALES}, headers=headers).json()
+
+    threads, answers = [], []
+    for _ in range(10):
+        threads.append(threading.Thread(target=lambda: answers.append(ask())))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    assert len({(a["_id"], a["username"]) for a in answers}) == 1
+    chosen = answers[0]["username"]
+    assert chosen in SERVES[SALES]
+    assert LoadBook(redis_client).counts() == {bridge.team[chosen]: 1}, "ten requests, one reservation"
+
+    bridge.state.add_agent("ivy", status="offline", extension="3005", departments=[SUPPORT])
+    response = httpx.post(
+        f"{bridge.url}/voice/route",
+        json={"extension": "3005", "departmentId": SUPPORT, "requestId": "call-42"},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert response.status_code == 202
+    wait_for(lambda: bridge.decisions("voice-call-42"), timeout=15)
+    decision = bridge.decisions("voice-call-42")[-1]
+    assert (decision["outcome"], decision["previous_holder"]) == ("assigned", "ivy")
+    assert decision["agent_username"] in SERVES[SUPPORT]
+    with bridge.state.lock:
+        holders = [u["username"] for u in bridge.state.users.values() if u.get("extension") == "3005"]
+    assert holders == [decision["agent_username"]]
+    print(
+        f"\nexternal + voice: {chosen} answered 10 times, extension to {holders[0]}, {time.monotonic() - started:.1f} s"
+    )
