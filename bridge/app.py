@@ -9,7 +9,7 @@ retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The READM
 | 400 | body not UTF-8 JSON, not an object, no/unknown ``type``, required field missing or mistyped | no retry (newer) |
 | 403 | ``X-RocketChat-Livechat-Token`` missing or wrong | no retry (newer) |
 | 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
-| 503 | the event cannot be recorded (Redis unreachable or failing) | retries, 5 attempts |
+| 503 | the event cannot be recorded: Redis unreachable *and* the spool cannot take it | retries, 5 attempts |
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from bridge.api import api_routes
 from bridge.bodies import BodyTooLarge, answer, decode_json, read_body, token_matches
 from bridge.errors import InvalidEvent
 from bridge.events import parse_event
+from bridge.intake import Intake
 from bridge.jobqueue import EventRecorder
 from bridge.metrics import Metrics, registry_for
 from bridge.settings import Settings
+from bridge.spool import Spool
 
 log = logging.getLogger("bridge.web")
 
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> Starlette:
         socket_timeout=REDIS_TIMEOUT_SECONDS,
     )
     recorder = EventRecorder(settings, connection)
+    intake = Intake(recorder, Spool(settings.spool_dir, settings.spool_max_bytes))
 
     async def livechat_webhook(request: Request) -> Response:
         if settings.webhook_token and not token_matches(
@@ -68,14 +71,14 @@ def create_app(settings: Settings) -> Starlette:
             log.warning("webhook refused: %s", error, extra={"status": 400})
             return answer(400, ok=False, error=str(error), field=error.field)
         try:
-            recorded = await recorder.record(event)
-        except (TimeoutError, RedisError, OSError) as error:
+            recorded = await intake.record(event)
+        except OSError as error:
             log.error(
-                "webhook not recorded: Redis unavailable (%s)",
-                type(error).__name__,
+                "webhook not recorded: Redis unavailable and the spool refused it (%s)",
+                error,
                 extra={"event": event.TYPE, "room_id": event.room_id, "status": 503},
             )
-            return answer(503, ok=False, error="cannot record the event now (Redis unavailable); retry later")
+            return answer(503, ok=False, error="cannot record the event now (Redis and spool unavailable); retry later")
         log.info(
             "webhook %s",
             recorded.outcome,
@@ -84,6 +87,8 @@ def create_app(settings: Settings) -> Starlette:
         body: dict[str, Any] = {"ok": True, "outcome": recorded.outcome, "event": event.TYPE}
         if recorded.job_id:
             body["job"] = recorded.job_id
+        if recorded.spooled:
+            body["spooled"] = True
         return answer(200, **body)
 
     async def healthz(request: Request) -> Response:
@@ -115,7 +120,12 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        replayer = asyncio.create_task(intake.replay_forever())
         yield
+        replayer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replayer
+        intake.spool.close()
         await connection.aclose()
         sync_connection.close()
 

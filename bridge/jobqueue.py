@@ -66,6 +66,7 @@ class Recorded:
     outcome: str  # "accepted" | "duplicate" | "ignored"
     job_id: str | None = None
     job: str | None = None
+    spooled: bool = False
 
 
 def job_for(event: Event) -> str | None:

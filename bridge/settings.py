@@ -61,6 +61,8 @@ class Settings:
     decision_retention_seconds: int = 7 * 86_400
     tick_seconds: int = 5
     load_reconcile_seconds: int = 300
+    spool_dir: str = "var/spool"
+    spool_max_bytes: int = 256 * 1024 * 1024
 
     def strategy_for(self, department_id: str | None) -> str:
         return dict(self.strategy_by_department).get(department_id or "", self.routing_strategy)
@@ -115,6 +117,8 @@ class Settings:
             load_reconcile_seconds=reader.integer(
                 "LOAD_RECONCILE_SECONDS", default=default.load_reconcile_seconds, low=10, high=86_400
             ),
+            spool_dir=reader.text("SPOOL_DIR") or default.spool_dir,
+            spool_max_bytes=reader.integer("SPOOL_MAX_BYTES", default=default.spool_max_bytes, low=0, high=1 << 40),
         )
         settings.check_rocketchat_credentials()
         return settings

@@ -42,8 +42,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, webhook_token=Secret(WEBHOOK_TOKEN))
+def settings(redis_url: str, tmp_path) -> Settings:
+    return Settings(redis_url=redis_url, webhook_token=Secret(WEBHOOK_TOKEN), spool_dir=str(tmp_path / "spool"))
 
 
 @pytest.fixture

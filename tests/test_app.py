@@ -147,16 +147,19 @@ def test_a_body_at_the_cap_is_accepted(bridge, settings):
     assert post(bridge, padded).status_code == 200
 
 
-def test_redis_unreachable_is_503_and_a_retry_after_it_returns_is_accepted(bridge, queue, redis_server):
+def test_redis_unreachable_and_no_spool_room_is_503_and_a_retry_after_it_returns_is_accepted(
+    settings, queue, redis_server
+):
     payload = load_fixture("LivechatSessionQueued__basic")
-    redis_server.stop()
-    response = post(bridge, payload)
-    assert response.status_code == 503
-    assert "Redis" in response.json()["error"]
-    ignored = post(bridge, load_fixture("LivechatOfflineMessage__basic"))
-    assert ignored.status_code == 200, "ignored events need no Redis"
-    redis_server.start()
-    retried = post(bridge, payload)
+    with ServerThread(create_app(settings.replace(spool_max_bytes=0))) as bridge:
+        redis_server.stop()
+        response = post(bridge, payload)
+        assert response.status_code == 503
+        assert "Redis" in response.json()["error"]
+        ignored = post(bridge, load_fixture("LivechatOfflineMessage__basic"))
+        assert ignored.status_code == 200, "ignored events need no Redis"
+        redis_server.start()
+        retried = post(bridge, payload)
     assert retried.status_code == 200
     assert retried.json()["outcome"] == "accepted"
     assert queue.count == 1

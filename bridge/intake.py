@@ -1,0 +1,75 @@
+"""Making an accepted webhook durable: into Redis, or into the local spool while Redis cannot take it.
+
+``record()`` answers only once the event is durable in one of the two; ``replay_forever()`` (a task of the web
+process) moves spooled events into Redis, oldest first, as soon as Redis answers again. Replaying goes through
+the same deduplicating script, so an event spooled twice, or spooled and also redelivered by Rocket.Chat, still
+makes one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from bridge.events import Event, event_from_dict
+from bridge.jobqueue import EventRecorder, Recorded, job_for
+from bridge.spool import Spool
+
+log = logging.getLogger("bridge.intake")
+
+REPLAY_PERIOD = 1.0
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class Intake:
+    def __init__(self, recorder: EventRecorder, spool: Spool) -> None:
+        self.recorder = recorder
+        self.spool = spool
+
+    async def record(self, event: Event) -> Recorded:
+        """Durable in Redis or in the spool, or ``OSError`` (then nobody has it: answer 503)."""
+        if job_for(event) is None:
+            return Recorded("ignored")
+        if not self.spool.backlog:
+            try:
+                return await self.recorder.record(event)
+            except REDIS_ERRORS as error:
+                log.error("Redis unavailable (%s): spooling", type(error).__name__, extra={"room_id": event.room_id})
+        await run_in_threadpool(self.spool.append, event.to_dict())
+        return Recorded("accepted", spooled=True)
+
+    async def replay(self) -> int:
+        """Move every claimable spool file into Redis; returns the events replayed. Stops at the first failure."""
+        replayed = 0
+        for path in await run_in_threadpool(self.spool.claim):
+            try:
+                for entry in self.spool.entries(path):
+                    recorded = await self.recorder.record(event_from_dict(entry))
+                    replayed += recorded.outcome == "accepted"
+            except REDIS_ERRORS:
+                self.spool.release(path)
+                raise
+            self.spool.finish(path)
+            log.warning("spool %s replayed into Redis", path.name)
+        return replayed
+
+    async def replay_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REPLAY_PERIOD)
+            if not self.spool.backlog and not await run_in_threadpool(self._foreign_files):
+                continue
+            try:
+                await self.replay()
+            except REDIS_ERRORS:
+                continue  # still down: try again next period
+            except Exception:
+                log.exception("spool replay failed")
+
+    def _foreign_files(self) -> bool:
+        """Files left by a web process that died (only checked when this process has no backlog of its own)."""
+        return self.spool.directory.exists() and any(self.spool.directory.glob("*.jsonl"))
+
+
