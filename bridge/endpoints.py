@@ -144,3 +144,8 @@ def remove_extension(rc: RocketChat, username: str) -> None:
 def queued_inquiries(rc: RocketChat) -> list[dict[str, Any]]:
     """``GET livechat/inquiries.list`` (every queued inquiry; needs view-livechat-manager)."""
     return [i for i in _pages(rc, "/api/v1/livechat/inquiries.list", "inquiries", {}) if isinstance(i, dict)]
+
+
+def queued_inquiries_for_user(rc: RocketChat) -> list[dict[str, Any]]:
+    """``GET livechat/inquiries.queuedForUser``: queued inquiries of the account's departments (view-l-room)."""
+    return [i for i in _pages(rc, "/api/v1/livechat/inquiries.queuedForUser", "inquiries", {}) if isinstance(i, dict)]

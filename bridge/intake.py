@@ -71,5 +71,3 @@ class Intake:
     def _foreign_files(self) -> bool:
         """Files left by a web process that died (only checked when this process has no backlog of its own)."""
         return self.spool.directory.exists() and any(self.spool.directory.glob("*.jsonl"))
-
-

@@ -141,3 +141,8 @@ def external_answer(query_digest: str) -> str:
 def room_since() -> str:
     """Hash: room id -> when (epoch ms) it was counted on its current agent."""
     return f"{PREFIX}room-since"
+
+
+def recover_due() -> str:
+    """Exists while the last look for queued inquiries the bridge missed is recent enough."""
+    return f"{PREFIX}recover-due"

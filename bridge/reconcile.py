@@ -14,9 +14,11 @@ import logging
 
 from bridge import endpoints, keys
 from bridge.directory import AgentDirectory
-from bridge.errors import RocketChatError
+from bridge.errors import PermissionDenied, RocketChatError
 from bridge.load import LoadBook
 from bridge.rocketchat import RocketChat
+from bridge.router import Router, epoch
+from bridge.waiting import NO_PRIORITY, WaitingChat
 
 log = logging.getLogger("bridge.reconcile")
 
@@ -53,3 +55,45 @@ def reconcile_load(
     if added or released:
         log.warning("load drift corrected: %d rooms added, %d released", added, released)
     return f"load checked for {len(agent_ids)} agents: {added} rooms added, {released} released"
+
+
+def recover_queued(rc: RocketChat, router: Router) -> str:
+    """Route queued inquiries the bridge does not know of: the safety net for lost ``LivechatSessionQueued`` webhooks.
+
+    ``livechat/inquiries.list`` (view-livechat-manager) lists every queued inquiry; without that permission
+    ``inquiries.queuedForUser`` lists those of the account's departments.
+    """
+    try:
+        inquiries = endpoints.queued_inquiries(rc)
+    except PermissionDenied:
+        inquiries = endpoints.queued_inquiries_for_user(rc)
+    recovered = 0
+    for inquiry in inquiries:
+        room_id, inquiry_id = inquiry.get("rid"), inquiry.get("_id")
+        if not isinstance(room_id, str) or not isinstance(inquiry_id, str):
+            continue
+        if inquiry.get("status") not in (None, "queued", "ready"):
+            continue
+        if router.waiting.get(room_id) is not None or router.load.agent_of(room_id) is not None:
+            continue
+        department = inquiry.get("department") if isinstance(inquiry.get("department"), str) else None
+        chat = WaitingChat(
+            room_id=room_id,
+            department_id=department,
+            queued_at=epoch(inquiry.get("ts")) or router.clock(),
+            inquiry_id=inquiry_id,
+            priority=_priority(inquiry.get("priorityWeight")),
+        )
+        if router.waiting.add(chat):
+            recovered += 1
+            log.warning(
+                "queued inquiry %s was unknown to the bridge (webhook lost?): routing it",
+                inquiry_id,
+                extra={"room_id": room_id},
+            )
+    outcome = router.drain() if recovered else "nothing to recover"
+    return f"{len(inquiries)} queued in Rocket.Chat, {recovered} recovered; {outcome}"
+
+
+def _priority(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else NO_PRIORITY

@@ -71,7 +71,7 @@ class Router:
             WaitingChat(
                 room_id=chat.room_id,
                 department_id=chat.department_id,
-                queued_at=_epoch(chat.created_at) or self.clock(),
+                queued_at=epoch(chat.created_at) or self.clock(),
                 visitor_id=chat.visitor_id,
             )
         )
@@ -303,8 +303,9 @@ class Router:
         self.decisions.record(chat.room_id, decision)
 
 
-def _epoch(value: str | None) -> float | None:
-    if not value:
+def epoch(value: object) -> float | None:
+    """An ISO-8601 timestamp as Rocket.Chat sends it -> epoch seconds (None if absent or unreadable)."""
+    if not isinstance(value, str) or not value:
         return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -61,6 +61,7 @@ class Settings:
     decision_retention_seconds: int = 7 * 86_400
     tick_seconds: int = 5
     load_reconcile_seconds: int = 300
+    inquiry_reconcile_seconds: int = 30
     spool_dir: str = "var/spool"
     spool_max_bytes: int = 256 * 1024 * 1024
 
@@ -116,6 +117,9 @@ class Settings:
             tick_seconds=reader.integer("TICK_SECONDS", default=default.tick_seconds, low=1, high=3600),
             load_reconcile_seconds=reader.integer(
                 "LOAD_RECONCILE_SECONDS", default=default.load_reconcile_seconds, low=10, high=86_400
+            ),
+            inquiry_reconcile_seconds=reader.integer(
+                "INQUIRY_RECONCILE_SECONDS", default=default.inquiry_reconcile_seconds, low=1, high=86_400
             ),
             spool_dir=reader.text("SPOOL_DIR") or default.spool_dir,
             spool_max_bytes=reader.integer("SPOOL_MAX_BYTES", default=default.spool_max_bytes, low=0, high=1 << 40),

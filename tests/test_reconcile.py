@@ -40,3 +40,34 @@ def test_a_room_being_routed_or_just_counted_is_not_drift(parts, redis_client):
     assert "1 released" in reconcile_load(rc, directory, load, grace_seconds=0)
     assert load.counts() == {team["ana"]: 1}
     claim.release()
+
+
+def test_queued_inquiries_whose_webhooks_were_lost_are_routed(rc_settings, rc_state, redis_client, parts):
+    from bridge.reconcile import recover_queued
+    from workers import context
+
+    team, *_ = parts
+    lost = [rc_state.open_chat(department=SALES)[0] for _ in range(3)]  # no webhook ever reached the bridge
+    ctx = context.install(rc_settings, redis_client)
+    outcome = recover_queued(ctx.rocketchat(), ctx.router)
+    assert outcome.startswith("3 queued in Rocket.Chat, 3 recovered; routed 3")
+    assert all(rc_state.rooms[room["_id"]].get("servedBy") for room in lost)
+    assert recover_queued(ctx.rocketchat(), ctx.router).startswith("0 queued in Rocket.Chat, 0 recovered")
+    assert team
+
+
+def test_without_view_livechat_manager_the_accounts_queue_is_used(rc_settings, rc_state, redis_client, parts):
+    from bridge.reconcile import recover_queued
+    from bridge.settings import Secret
+    from workers import context
+
+    rc_state.revoke("livechat-manager", "view-livechat-manager")
+    room, _ = rc_state.open_chat(department=SALES)
+    ctx = context.install(rc_settings.replace(rocketchat_auth_token=Secret(rc_settings.rocketchat_auth_token)),
+                          redis_client)
+    assert "1 recovered" in recover_queued(ctx.rocketchat(), ctx.router)
+    assert rc_state.log_lines()[:2] == [
+        "GET /api/v1/livechat/inquiries.list > 403",
+        "GET /api/v1/livechat/inquiries.queuedForUser > 200",
+    ]
+    assert rc_state.rooms[room["_id"]].get("servedBy")

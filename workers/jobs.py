@@ -80,6 +80,10 @@ def tick() -> str:
         if not ctx.settings.rocketchat_url:
             return ctx.router.drain()
         outcome = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
+        if ctx.redis.set(keys.recover_due(), "1", nx=True, ex=ctx.settings.inquiry_reconcile_seconds):
+            from bridge.reconcile import recover_queued
+
+            outcome += "; " + recover_queued(ctx.rocketchat(), ctx.router)
         if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
             from bridge.reconcile import reconcile_load
 
