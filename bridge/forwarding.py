@@ -8,6 +8,7 @@ already had the chat are excluded; with nobody left, the chat can go to a fallba
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from bridge import endpoints
@@ -18,6 +19,13 @@ from bridge.routing import Request, choose
 CLOSED_ERRORS = frozenset({"This_conversation_is_already_closed", "error-invalid-room"})
 
 
+@dataclass(frozen=True, slots=True)
+class Rerouted:
+    outcome: str  # forwarded | forwarded to department | not forwarded | closed
+    agent_id: str | None
+    text: str
+
+
 def reroute(
     router: Router,
     room_id: str,
@@ -25,7 +33,7 @@ def reroute(
     excluded: Iterable[str],
     reason: str,
     fallback_department: str | None = None,
-) -> str:
+) -> Rerouted:
     rc = router.rocketchat()
     current = router.load.agent_of(room_id)
     excluded_ids = set(excluded) | ({current} if current else set())
@@ -104,11 +112,11 @@ def _record(
     outcome: str,
     detail: str,
     agent_id: str | None = None,
-) -> str:
+) -> Rerouted:
     entry = {**decision, "outcome": outcome, "detail": detail, "agent_id": agent_id, "attempts": attempts}
     if choice is not None:
         entry["strategy"] = choice.strategy
         entry["candidates"] = [c.to_dict() for c in choice.candidates]
         entry["agent_username"] = {c.id: c.username for c in choice.candidates}.get(agent_id or "")
     router.decisions.record(room_id, entry)
-    return f"room {room_id}: {outcome} ({detail})"
+    return Rerouted(outcome, agent_id, f"room {room_id}: {outcome} ({detail})")

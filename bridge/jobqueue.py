@@ -27,6 +27,7 @@ from bridge.settings import Settings
 
 ROUTE_CHAT = "workers.jobs.route_chat"
 UPDATE_LOAD = "workers.jobs.update_load"
+AGENT_MESSAGE = "workers.jobs.agent_message"
 ROUTE_VOICE = "workers.jobs.route_voice"
 REFRESH_DIRECTORY = "workers.jobs.refresh_directory"
 TICK = "workers.jobs.tick"
@@ -39,7 +40,7 @@ EVENT_JOBS: dict[str, str | None] = {
     "LivechatSessionForwarded": UPDATE_LOAD,
     "LivechatSession": UPDATE_LOAD,
     "LivechatEdit": None,  # edits of closed rooms: nothing to route
-    "Message": None,
+    "Message": AGENT_MESSAGE,  # agent messages stop the no-answer clock; visitor messages are ignored
     "LeadCapture": None,
     "LivechatOfflineMessage": None,  # no room exists, nobody to route to
 }
@@ -71,6 +72,8 @@ class Recorded:
 
 def job_for(event: Event) -> str | None:
     if event.TYPE == "LivechatSession" and getattr(event, "is_test", False):
+        return None
+    if event.TYPE == "Message" and getattr(event, "agent_id", None) is None:
         return None
     return EVENT_JOBS[event.TYPE]
 

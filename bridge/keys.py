@@ -146,3 +146,18 @@ def room_since() -> str:
 def recover_due() -> str:
     """Exists while the last look for queued inquiries the bridge missed is recent enough."""
     return f"{PREFIX}recover-due"
+
+
+def awaiting() -> str:
+    """Sorted set: served rooms whose agent has not answered yet, by deadline (epoch seconds)."""
+    return f"{PREFIX}awaiting"
+
+
+def awaiting_room(room_id: str) -> str:
+    """Hash: who must answer a room, since when, and who already had it."""
+    return f"{PREFIX}awaiting:{room_id}"
+
+
+def replied(room_id: str) -> str:
+    """The agent who last wrote in a room (kept briefly, in case the 'taken' event is processed after it)."""
+    return f"{PREFIX}replied:{room_id}"

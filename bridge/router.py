@@ -33,6 +33,7 @@ from bridge.directory import AgentDirectory, Listing
 from bridge.errors import RequestRejected, RocketChatError, RocketChatUnavailable
 from bridge.events import ChatQueued
 from bridge.load import LoadBook
+from bridge.noanswer import AnswerWatch
 from bridge.rocketchat import RocketChat
 from bridge.routing import Choice, Policy, Request, choose
 from bridge.settings import Settings
@@ -54,6 +55,7 @@ class Router:
         directory: AgentDirectory,
         load: LoadBook,
         clock: Callable[[], float] = time.time,
+        answers: AnswerWatch | None = None,
     ) -> None:
         self.settings = settings
         self.connection = connection
@@ -61,6 +63,7 @@ class Router:
         self.directory = directory
         self.load = load
         self.clock = clock
+        self.answers = answers
         self.waiting = WaitingQueue(connection)
         self.decisions = DecisionLog(connection, settings.decision_retention_seconds)
 
@@ -159,6 +162,8 @@ class Router:
             attempts.append({"agent_id": agent_id, "result": result})
             if result == "taken":
                 self._remember_visitor(chat, agent_id)
+                if self.answers is not None:
+                    self.answers.start(chat.room_id, agent_id, chat.department_id)
                 return self._leave(
                     chat, "routed", "inquiry taken for the agent", choice, listing[0], attempts, agent_id=agent_id
                 )

@@ -62,6 +62,9 @@ class Settings:
     tick_seconds: int = 5
     load_reconcile_seconds: int = 300
     inquiry_reconcile_seconds: int = 30
+    no_answer_seconds: int = 0
+    no_answer_max_attempts: int = 2
+    no_answer_fallback_department: str | None = None
     spool_dir: str = "var/spool"
     spool_max_bytes: int = 256 * 1024 * 1024
 
@@ -121,6 +124,11 @@ class Settings:
             inquiry_reconcile_seconds=reader.integer(
                 "INQUIRY_RECONCILE_SECONDS", default=default.inquiry_reconcile_seconds, low=1, high=86_400
             ),
+            no_answer_seconds=reader.integer("NO_ANSWER_SECONDS", default=0, low=0, high=86_400),
+            no_answer_max_attempts=reader.integer(
+                "NO_ANSWER_MAX_ATTEMPTS", default=default.no_answer_max_attempts, low=0, high=100
+            ),
+            no_answer_fallback_department=reader.text("NO_ANSWER_FALLBACK_DEPARTMENT"),
             spool_dir=reader.text("SPOOL_DIR") or default.spool_dir,
             spool_max_bytes=reader.integer("SPOOL_MAX_BYTES", default=default.spool_max_bytes, low=0, high=1 << 40),
         )

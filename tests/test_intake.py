@@ -39,7 +39,7 @@ def test_events_accepted_during_an_outage_are_replayed_in_order_once(settings, r
         assert len(spooled) == 1 and len(spooled[0].read_text().splitlines()) == 4
         redis_server.start()
         wait_for(lambda: queue.count == 3, timeout=15)
-        after = post(bridge, load_fixture("Message__from_agent"))
+        after = post(bridge, load_fixture("Message__from_visitor"))
     assert after.status_code == 200
     jobs = [queue.fetch_job(job_id) for job_id in queue.job_ids]
     assert [job.args[0]["type"] for job in jobs] == [load_fixture(n)["type"] for n in NAMES]
@@ -68,8 +68,11 @@ def test_a_spool_left_by_a_dead_web_process_is_replayed_by_another(settings, red
         "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     )
     payload = json.dumps(load_fixture(NAMES[0]))
-    subprocess.run([sys.executable, "-c", script, settings.spool_dir, payload], check=False,
-                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    subprocess.run(
+        [sys.executable, "-c", script, settings.spool_dir, payload],
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert len(list(Path(settings.spool_dir).glob("*.jsonl"))) == 1
     with ServerThread(create_app(settings)):
         wait_for(lambda: queue.count == 1, timeout=15)

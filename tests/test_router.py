@@ -157,7 +157,7 @@ def test_a_served_chat_is_forwarded_to_the_next_agent(rc_settings, rc_state, tea
     LoadBook(redis_client).assign(room["_id"], team["ana"])
     ctx = context.install(rc_settings, redis_client)
     outcome = reroute(ctx.router, room["_id"], SALES, (), "the agent did not answer")
-    assert "forwarded" in outcome
+    assert (outcome.outcome, outcome.agent_id) == ("forwarded", team["bo"])
     assert served_by(rc_state, room) == team["bo"]
     forward = [r for r in rc_state.requests() if r.path.endswith("room.forward")]
     assert [(r.body, r.status) for r in forward] == [({"roomId": room["_id"], "userId": team["bo"]}, 200)]
@@ -187,7 +187,7 @@ def test_forwarding_skips_an_offline_agent_and_moves_the_count_back_on_failure(
     rc_state.assign(room["_id"], "ana")
     LoadBook(redis_client).assign(room["_id"], team["ana"])
     outcome = reroute(context.install(rc_settings, redis_client).router, room["_id"], SALES, (), "test")
-    assert "not forwarded" in outcome
+    assert outcome.outcome == "not forwarded"
     assert served_by(rc_state, room) == team["ana"]
     assert LoadBook(redis_client).counts() == {team["ana"]: 1}
     decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]

@@ -19,6 +19,7 @@ from bridge.directory import AgentDirectory
 from bridge.jobqueue import make_queue
 from bridge.load import LoadBook
 from bridge.metrics import Metrics
+from bridge.noanswer import AnswerWatch
 from bridge.rocketchat import RocketChat
 from bridge.router import Router
 from bridge.settings import Settings
@@ -51,8 +52,12 @@ class WorkerContext:
         return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
 
     @property
+    def answers(self) -> AnswerWatch:
+        return AnswerWatch(self.settings, self.redis)
+
+    @property
     def router(self) -> Router:
-        return Router(self.settings, self.redis, self.rocketchat, self.directory, self.load)
+        return Router(self.settings, self.redis, self.rocketchat, self.directory, self.load, answers=self.answers)
 
 
 _current: WorkerContext | None = None

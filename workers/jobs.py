@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bridge import keys
-from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, event_from_dict
+from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, MessageSent, event_from_dict
 from workers.context import current
 
 log = logging.getLogger("workers.jobs")
@@ -29,15 +29,25 @@ def update_load(event: dict) -> str:
     if isinstance(change, ChatClosed):
         previous = ctx.load.close(change.room_id)
         ctx.router.waiting.remove(change.room_id)
+        ctx.answers.stop(change.room_id)
         routed = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
         return f"room {change.room_id} closed; released from agent {previous or '(none)'}; {routed}"
     if isinstance(change, ChatTaken | ChatForwarded) and change.agent is not None:
         previous = ctx.load.assign(change.room_id, change.agent.id)
         ctx.router.waiting.remove(change.room_id)
+        ctx.answers.start(change.room_id, change.agent.id, change.department_id)
         freed = previous and previous != change.agent.id
         routed = ctx.router.drain() if freed and ctx.router.waiting.count() else "no capacity freed"
         return f"room {change.room_id} served by {change.agent.id} (was {previous or 'nobody'}); {routed}"
     return f"room {change.room_id}: no agent in {change.TYPE}, load unchanged"
+
+
+def agent_message(event: dict) -> str:
+    """An agent ``Message``: the agent answered, so the room's no-answer clock stops."""
+    message = event_from_dict(event)
+    assert isinstance(message, MessageSent) and message.agent_id
+    current().answers.replied(message.room_id, message.agent_id)
+    return f"agent {message.agent_id} answered in room {message.room_id}"
 
 
 def drain() -> str:
@@ -84,6 +94,10 @@ def tick() -> str:
             from bridge.reconcile import recover_queued
 
             outcome += "; " + recover_queued(ctx.rocketchat(), ctx.router)
+        if ctx.answers.enabled:
+            from bridge.noanswer import reroute_unanswered
+
+            outcome += "; " + reroute_unanswered(ctx.router, ctx.answers)
         if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
             from bridge.reconcile import reconcile_load
 
@@ -97,4 +111,4 @@ def reroute_chat(room_id: str, department_id: str | None, reason: str) -> str:
     """Forward a served chat to another agent (``room.forward``), excluding whoever already had it."""
     from bridge.forwarding import reroute
 
-    return reroute(current().router, room_id, department_id, (), reason)
+    return reroute(current().router, room_id, department_id, (), reason).text

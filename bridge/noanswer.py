@@ -1,0 +1,162 @@
+"""Re-routing chats whose agent does not answer (``NO_ANSWER_SECONDS``; 0 turns it off).
+
+When an agent is given a chat (by the bridge, or a ``taken``/``forwarded`` webhook) a clock starts; the agent's
+first message (an agent ``Message`` webhook) stops it. A chat still unanswered at its deadline is forwarded to the
+next agent (``room.forward``), excluding everyone who already had it; after ``NO_ANSWER_MAX_ATTEMPTS`` forwards it
+goes to ``NO_ANSWER_FALLBACK_DEPARTMENT`` if one is set. Every hop is a decision of the room.
+
+A message can be processed before the ``taken`` event that precedes it (jobs run in parallel), so the last agent
+who wrote is remembered for a while and a clock is not started for an agent who already answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis
+
+from bridge import keys
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.noanswer")
+
+REPLIED_MEMORY_SECONDS = 3600
+
+
+class AnswerWatch:
+    def __init__(self, settings: Settings, connection: redis.Redis) -> None:
+        self.settings = settings
+        self.connection = connection
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.no_answer_seconds > 0
+
+    def start(self, room_id: str, agent_id: str, department_id: str | None) -> bool:
+        """The agent now serves the room: start (or restart) their clock. Returns whether a clock runs."""
+        if not self.enabled:
+            return False
+        replied = self.connection.get(keys.replied(room_id))
+        if replied is not None and replied.decode() == agent_id:
+            return False
+        current = self.get(room_id)
+        if current is not None and current["agent_id"] == agent_id:
+            return True  # the same assignment seen twice (our take, then its webhook)
+        tried = sorted(set(current["tried"]) | {current["agent_id"]}) if current else []
+        attempts = current["attempts"] if current else 0
+        state = {
+            "agent_id": agent_id,
+            "department_id": department_id,
+            "since": time.time(),
+            "attempts": attempts,
+            "tried": tried,
+        }
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.set(keys.awaiting_room(room_id), json.dumps(state), ex=86_400)
+        pipe.zadd(keys.awaiting(), {room_id: time.time() + self.settings.no_answer_seconds})
+        pipe.execute()
+        return True
+
+    def forwarded(self, room_id: str) -> None:
+        """The bridge forwarded the room for lack of an answer: count the attempt."""
+        current = self.get(room_id)
+        if current is not None:
+            current["attempts"] += 1
+            self.connection.set(keys.awaiting_room(room_id), json.dumps(current), ex=86_400)
+
+    def replied(self, room_id: str, agent_id: str) -> None:
+        self.connection.set(keys.replied(room_id), agent_id, ex=REPLIED_MEMORY_SECONDS)
+        current = self.get(room_id)
+        if current is not None and current["agent_id"] == agent_id:
+            self.stop(room_id)
+
+    def stop(self, room_id: str) -> None:
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.zrem(keys.awaiting(), room_id)
+        pipe.delete(keys.awaiting_room(room_id))
+        pipe.execute()
+
+    def get(self, room_id: str) -> dict | None:
+        raw = self.connection.get(keys.awaiting_room(room_id))
+        return json.loads(raw) if raw else None
+
+    def due(self, now: float | None = None) -> list[str]:
+        deadline = time.time() if now is None else now
+        return [room.decode() for room in self.connection.zrangebyscore(keys.awaiting(), "-inf", deadline)]
+
+    def postpone(self, room_id: str) -> None:
+        """Nobody else could take it now: look again after another period."""
+        self.connection.zadd(keys.awaiting(), {room_id: time.time() + self.settings.no_answer_seconds})
+
+
+def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = None) -> str:
+    """Forward every chat past its deadline (see the module docstring). Called by the periodic tick."""
+    from bridge import endpoints
+    from bridge.forwarding import reroute
+    from bridge.router import Router
+
+    assert isinstance(router, Router)
+    settings = watch.settings
+    handled = []
+    for room_id in watch.due(now):
+        claim = router.connection.lock(keys.routing_claim(room_id), timeout=60, blocking=False)
+        if not claim.acquire():
+            continue
+        try:
+            state = watch.get(room_id)
+            if state is None:
+                watch.stop(room_id)
+                continue
+            reason = f"no answer from the agent within {settings.no_answer_seconds} s"
+            department = state["department_id"]
+            if state["attempts"] < settings.no_answer_max_attempts:
+                excluded = {*state["tried"], state["agent_id"]}
+                result = reroute(router, room_id, department, excluded, reason)
+                if result.outcome == "forwarded" and result.agent_id:
+                    watch.start(room_id, result.agent_id, department)
+                    watch.forwarded(room_id)
+                    handled.append(result.outcome)
+                    continue
+                if result.outcome == "closed":
+                    watch.stop(room_id)
+                    continue
+            if settings.no_answer_fallback_department:
+                endpoints.forward_room(
+                    router.rocketchat(), room_id, department_id=settings.no_answer_fallback_department
+                )
+                router.decisions.record(
+                    room_id,
+                    {
+                        "kind": "reroute",
+                        "reason": reason,
+                        "outcome": "forwarded to department",
+                        "department_id": settings.no_answer_fallback_department,
+                        "previous_agent_id": state["agent_id"],
+                        "detail": f"after {state['attempts']} forwards without an answer",
+                    },
+                )
+                watch.stop(room_id)
+                handled.append("fallback")
+            elif state["attempts"] >= settings.no_answer_max_attempts:
+                router.decisions.record(
+                    room_id,
+                    {
+                        "kind": "reroute",
+                        "reason": reason,
+                        "outcome": "gave up",
+                        "previous_agent_id": state["agent_id"],
+                        "detail": f"{state['attempts']} forwards without an answer and no fallback department",
+                    },
+                )
+                watch.stop(room_id)
+                handled.append("gave up")
+            else:
+                watch.postpone(room_id)
+        finally:
+            try:
+                claim.release()
+            except redis.exceptions.LockError:
+                pass
+    return f"{len(handled)} unanswered chats handled" if handled else "no unanswered chats"
