@@ -63,8 +63,9 @@ def test_without_view_livechat_manager_the_accounts_queue_is_used(rc_settings, r
 
     rc_state.revoke("livechat-manager", "view-livechat-manager")
     room, _ = rc_state.open_chat(department=SALES)
-    ctx = context.install(rc_settings.replace(rocketchat_auth_token=Secret(rc_settings.rocketchat_auth_token)),
-                          redis_client)
+    ctx = context.install(
+        rc_settings.replace(rocketchat_auth_token=Secret(rc_settings.rocketchat_auth_token)), redis_client
+    )
     assert "1 recovered" in recover_queued(ctx.rocketchat(), ctx.router)
     assert rc_state.log_lines()[:2] == [
         "GET /api/v1/livechat/inquiries.list > 403",
