@@ -53,7 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check Redis, Rocket.Chat, the credentials and each permission")
     doctor.set_defaults(run=run_doctor)
+
+    failed = commands.add_parser("failed", help="list jobs in RQ's failed-job registry (and requeue them)")
+    failed.add_argument("--requeue", action="store_true", help="put every failed job back on the queue")
+    failed.set_defaults(run=run_failed)
     return parser
+
+
+def run_failed(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    import redis
+
+    from bridge.jobqueue import make_queue
+
+    queue = make_queue(settings, redis.Redis.from_url(settings.require_redis()))
+    registry = queue.failed_job_registry
+    job_ids = registry.get_job_ids()
+    for job_id in job_ids:
+        job = queue.fetch_job(job_id)
+        result = job.latest_result() if job else None
+        lines = (result.exc_string or "").strip().splitlines() if result else ["(no result kept)"]
+        print(f"{job_id}  {job.func_name if job else '?'}  {lines[-1] if lines else ''}")
+    if args.requeue:
+        for job_id in job_ids:
+            registry.requeue(job_id)
+        print(f"{len(job_ids)} job(s) requeued")
+    else:
+        print(f"{len(job_ids)} failed job(s)")
+    return 0
 
 
 def run_doctor(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:

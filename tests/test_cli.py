@@ -82,3 +82,19 @@ def _ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_failed_lists_and_requeues_failed_jobs(settings, redis_client, capsys):
+    from bridge.jobqueue import enqueue, make_queue
+    from workers.worker import build_worker
+
+    queue = make_queue(settings.replace(job_retries=0), redis_client)
+    job_id = enqueue(queue, settings.replace(job_retries=0), "workers.jobs.route_chat", {"type": "Nope"})
+    build_worker(settings, redis_client).work(burst=True)
+    env = {"REDIS_URL": settings.redis_url}
+    assert main(["failed"], env=env) == 0
+    listed = capsys.readouterr().out
+    assert job_id in listed and "KeyError" in listed and listed.rstrip().endswith("1 failed job(s)")
+    assert main(["failed", "--requeue"], env=env) == 0
+    assert capsys.readouterr().out.rstrip().endswith("1 job(s) requeued")
+    assert queue.job_ids == [job_id]
