@@ -111,6 +111,12 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
                 continue
             reason = f"no answer from the agent within {settings.no_answer_seconds} s"
             department = state["department_id"]
+            now_serving = router.load.agent_of(room_id)
+            if now_serving is not None and now_serving != state["agent_id"]:
+                # Already moved (a forward of ours that crashed before this record was updated, or a manual
+                # transfer): never forward twice for one missed answer; the new agent gets a fresh clock.
+                watch.start(room_id, now_serving, department)
+                continue
             if state["attempts"] < settings.no_answer_max_attempts:
                 excluded = {*state["tried"], state["agent_id"]}
                 result = reroute(router, room_id, department, excluded, reason)

@@ -115,3 +115,14 @@ def test_off_by_default(rc_settings, redis_client):
     ctx = context.install(rc_settings, redis_client)
     assert not ctx.answers.enabled
     assert not ctx.answers.start("room-1", "ana", SALES)
+
+
+def test_a_forward_interrupted_before_its_record_is_not_repeated(web, rc_state, team, noanswer_settings, redis_client):
+    room_id = route_one(web, rc_state, noanswer_settings, redis_client)
+    ctx = context.install(noanswer_settings, redis_client)
+    first = serving(rc_state, room_id)
+    other = next(i for n, i in team.items() if n in ("ana", "bo", "hal") and i != first)
+    ctx.load.reserve_move(room_id, [(other, 5)])  # the forward's reservation happened, then the worker died
+    reroute_unanswered(ctx.router, ctx.answers, now=time.time() + LATER)
+    assert [r for r in rc_state.requests() if r.path.endswith("room.forward")] == []
+    assert ctx.answers.get(room_id)["agent_id"] == other
