@@ -36,8 +36,8 @@ from bridge.voice import voice_decision_id
 
 log = logging.getLogger("bridge.api")
 
-EXTENSION = re.compile(r"^[0-9A-Za-z*#+_.-]{1,32}$")
-IDENTIFIER = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
+EXTENSION = re.compile(r"[0-9A-Za-z*#+_.-]{1,32}")
+IDENTIFIER = re.compile(r"[0-9A-Za-z_-]{1,64}")  # Rocket.Chat ids, and what RQ allows in a job id
 VOICE_BODY_LIMIT = 4096
 
 
@@ -139,12 +139,12 @@ def _voice_fields(body: object) -> tuple[str, str | None, str]:
     if not isinstance(body, dict):
         raise InvalidEvent("the body must be a JSON object")
     extension = body.get("extension")
-    if not isinstance(extension, str) or not EXTENSION.match(extension):
+    if not isinstance(extension, str) or not EXTENSION.fullmatch(extension):
         raise InvalidEvent("field 'extension' must be 1-32 characters of digits, letters or *#+_.-", "extension")
     department = body.get("departmentId")
-    if department is not None and (not isinstance(department, str) or not IDENTIFIER.match(department)):
+    if department is not None and (not isinstance(department, str) or not IDENTIFIER.fullmatch(department)):
         raise InvalidEvent("field 'departmentId' must be a Rocket.Chat id", "departmentId")
     request_id = body.get("requestId", uuid.uuid4().hex)
-    if not isinstance(request_id, str) or not IDENTIFIER.match(request_id):
-        raise InvalidEvent("field 'requestId' must be 1-64 characters of letters, digits or _.:-", "requestId")
+    if not isinstance(request_id, str) or not IDENTIFIER.fullmatch(request_id):
+        raise InvalidEvent("field 'requestId' must be 1-64 characters of letters, digits, _ or -", "requestId")
     return extension, department, request_id

@@ -18,7 +18,9 @@ class BodyTooLarge(Exception):
 
 
 def answer(status: int, **body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
+    # After a 413 the rest of the body is unread; closing the connection stops the server from draining it.
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,6 +48,8 @@ def decode_json(body: bytes) -> object:
         raise InvalidEvent("the body is not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise InvalidEvent(f"the body is not valid JSON ({error.msg} at position {error.pos})") from None
+    except ValueError as error:  # e.g. an integer literal past Python's digit limit
+        raise InvalidEvent(f"the body is not acceptable JSON ({error})") from None
     except RecursionError:
         raise InvalidEvent("the body is nested too deeply") from None
 

@@ -190,6 +190,8 @@ class _Fields:
             return None
         if not isinstance(value, str):
             raise InvalidEvent(f"field '{self._name(key)}' must be a string", self._name(key))
+        if not _is_unicode(value):
+            raise InvalidEvent(f"field '{self._name(key)}' is not valid Unicode (lone surrogate)", self._name(key))
         if required and not value:
             raise InvalidEvent(f"field '{self._name(key)}' must not be empty", self._name(key))
         return value
@@ -369,7 +371,10 @@ def parse_event(payload: object) -> Event:
     if parser is None:
         shown = event_type if len(event_type) <= 64 and event_type.isprintable() else event_type[:64] + "..."
         raise UnknownEventType(f"unknown event type {shown!r}; Rocket.Chat sends: {', '.join(PARSERS)}", "type")
-    return parser(_Fields(payload))
+    try:
+        return parser(_Fields(payload))
+    except RecursionError:
+        raise InvalidEvent("the body is nested too deeply") from None
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:
@@ -380,6 +385,14 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         if isinstance(values.get(key), dict):
             values[key] = AgentRef(**values[key])
     return cls(**values)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _plain(value: object) -> object:
