@@ -44,16 +44,17 @@ class Intake:
     async def replay(self) -> int:
         """Move every claimable spool file into Redis; returns the events replayed. Stops at the first failure."""
         replayed = 0
-        for path in await run_in_threadpool(self.spool.claim):
-            try:
+        paths = await run_in_threadpool(self.spool.claim)
+        try:
+            for path in paths:
                 for entry in self.spool.entries(path):
                     recorded = await self.recorder.record(event_from_dict(entry))
                     replayed += recorded.outcome == "accepted"
-            except REDIS_ERRORS:
-                self.spool.release(path)
-                raise
-            self.spool.finish(path)
-            log.warning("spool %s replayed into Redis", path.name)
+                self.spool.finish(path)
+                log.warning("spool %s replayed into Redis", path.name)
+        finally:
+            for path in paths:
+                self.spool.release(path)  # unfinished files stay on disk, claimable again next period
         return replayed
 
     async def replay_forever(self) -> None:

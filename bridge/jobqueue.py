@@ -12,7 +12,6 @@ would turn Rocket.Chat's redelivery into a silent loss).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 import redis
 import redis.asyncio
@@ -125,7 +124,13 @@ class EventRecorder:
 
 
 def enqueue(
-    queue: Queue, settings: Settings, func: str, *args: object, job_id: str | None = None, unique: bool = False
+    queue: Queue,
+    settings: Settings,
+    func: str,
+    *args: object,
+    job_id: str | None = None,
+    unique: bool = False,
+    result_ttl: int = RESULT_TTL_SECONDS,
 ) -> str | None:
     """Enqueue a job (plain JSON-safe arguments only). With ``unique``, None if a job with that id exists."""
     try:
@@ -134,28 +139,10 @@ def enqueue(
             args=args,
             job_id=job_id,
             timeout=JOB_TIMEOUT_SECONDS,
-            result_ttl=RESULT_TTL_SECONDS,
+            result_ttl=result_ttl,
             failure_ttl=FAILURE_TTL_SECONDS,
             retry=_retry(settings),
             unique=unique,
-        )
-    except DuplicateJobError:
-        return None
-    return job.id
-
-
-def schedule(queue: Queue, settings: Settings, func: str, delay_seconds: float, job_id: str) -> str | None:
-    """Run ``func`` once after a delay; one job per ``job_id`` however many processes ask."""
-    try:
-        job = queue.enqueue_in(
-            timedelta(seconds=delay_seconds),
-            func,
-            job_id=job_id,
-            unique=True,
-            job_timeout=JOB_TIMEOUT_SECONDS,
-            result_ttl=RESULT_TTL_SECONDS,
-            failure_ttl=FAILURE_TTL_SECONDS,
-            retry=_retry(settings),
         )
     except DuplicateJobError:
         return None

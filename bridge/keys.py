@@ -161,3 +161,17 @@ def awaiting_room(room_id: str) -> str:
 def replied(room_id: str) -> str:
     """The agent who last wrote in a room (kept briefly, in case the 'taken' event is processed after it)."""
     return f"{PREFIX}replied:{room_id}"
+
+
+def load_known() -> str:
+    """Exists once the load book was built from Rocket.Chat; gone if Redis lost its data (then rebuilt)."""
+    return f"{PREFIX}load-known"
+
+
+def tick_pending() -> str:
+    """Set while a tick job waits in the queue, so the tickers enqueue one at a time."""
+    return f"{PREFIX}tick-pending"
+
+
+def load_rebuild_lock() -> str:
+    return f"{PREFIX}load-rebuild-lock"

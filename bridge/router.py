@@ -85,6 +85,7 @@ class Router:
         """Route every waiting chat that can be routed now, department by department, in queue order."""
         if not self.settings.rocketchat_url:
             return f"Rocket.Chat is not configured (ROCKETCHAT_URL): {self.waiting.count()} waiting"
+        self.ensure_load_known()
         routed = 0
         listing: list[Listing] = []  # fetched once per drain, on first need
         for department in list(departments) if departments is not None else self.waiting.departments():
@@ -210,11 +211,15 @@ class Router:
                 return "offline"
             log.warning("take refused for %s: %s", chat.room_id, error, extra={"room_id": chat.room_id})
             return "refused"
+        except RocketChatUnavailable as error:
+            # No answer is not a "no": Rocket.Chat may have applied the take. The reservation and reserved_for stay,
+            # so the retried job resumes with the same agent and learns the truth (taken, or take it now).
+            self._record(chat, "retrying later", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
+            raise
         except RocketChatError as error:
             self.load.release(chat.room_id, agent_id)
             self.waiting.update(replace(chat, reserved_for=None))
-            outcome = "retrying later" if isinstance(error, RocketChatUnavailable) else "failed"
-            self._record(chat, outcome, str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
+            self._record(chat, "failed", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
             raise
 
     # -- bookkeeping ----------------------------------------------------------------------------------
@@ -226,6 +231,27 @@ class Router:
             accept_idle=self.settings.accept_idle_agents,
             previous_agent_window=float(self.settings.previous_agent_window_seconds),
         )
+
+    def ensure_load_known(self) -> None:
+        """Before routing on a load book Redis may have lost (first start, a restart without persistence), rebuild
+        it from Rocket.Chat's open rooms once; until then, routing on empty counts could overfill agents."""
+        if self.connection.exists(keys.load_known()):
+            return
+        lock = self.connection.lock(keys.load_rebuild_lock(), timeout=120, blocking_timeout=120)
+        if not lock.acquire():
+            raise RocketChatUnavailable("the load book is being rebuilt from Rocket.Chat", route="load")
+        try:
+            if not self.connection.exists(keys.load_known()):
+                from bridge.reconcile import reconcile_load
+
+                log.warning("no load book in Redis: rebuilding it from Rocket.Chat before routing")
+                log.warning(reconcile_load(self.rocketchat(), self.directory, self.load))
+                self.connection.set(keys.load_known(), "1")
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass
 
     def mark_unavailable(self, agent_id: str) -> None:
         """Rocket.Chat says the agent cannot take work: skip them until the directory has caught up."""

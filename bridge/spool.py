@@ -75,6 +75,9 @@ class Spool:
                 return []
             claimed = []
             for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+                if path in self._claimed:
+                    claimed.append(path)  # still ours from an earlier claim
+                    continue
                 handle = open(path, "rb")  # noqa: SIM115 - kept open: the lock lives as long as the handle
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

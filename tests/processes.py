@@ -1,6 +1,8 @@
 """The bridge as real processes for end-to-end tests: ``omnibridge web`` and ``omnibridge worker``.
 
-Each process writes its output to a file, so a failing test can show what the processes said.
+Each process writes its output to a file, so a failing test can show what the processes said. Fault tests also
+kill a worker outright, restart the web process on the same port, or add a worker: a worker killed with SIGKILL
+leaves its children (RQ's scheduler runs in a forked child) running, so they are remembered and stopped too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +42,8 @@ class BridgeProcesses:
         self.log_dir = log_dir
         self.workers = workers
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.killed: set[str] = set()  # stopped on purpose by a test (kill / restart_web): not a crash
+        self.orphans: set[int] = set()  # children of killed processes, still to stop
 
     @property
     def url(self) -> str:
@@ -70,6 +75,63 @@ class BridgeProcesses:
         """Processes that are no longer running, with their exit status."""
         return {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
 
+    def crashed(self) -> dict[str, int]:
+        """Processes that exited although no test stopped them."""
+        return {name: code for name, code in self.exited().items() if name not in self.killed}
+
+    def worker_name(self, name: str) -> str:
+        """The RQ worker name of the process ``name`` (``worker-2`` -> ``e2e-worker-2-<port>``)."""
+        return f"e2e-{name}-{self.port}"
+
+    def add_worker(self) -> str:
+        """Start one more worker process; returns its name (``worker-3``, ...)."""
+        n = 1 + sum(1 for name in self.processes if name.startswith("worker-"))
+        name = f"worker-{n}"
+        self._spawn(name, [sys.executable, "-m", "bridge", "worker", "--name", self.worker_name(name)])
+        return name
+
+    def kill(self, name: str, children: bool = False) -> None:
+        """SIGKILL one process, as the kernel's OOM killer would: its children are left running (and remembered).
+
+        With ``children`` its descendants are killed too, as when the whole host or container is lost.
+        """
+        process = self.processes[name]
+        found = descendants(process.pid)
+        self.killed.add(name)
+        process.kill()
+        process.wait()
+        if children:
+            for pid in found:
+                _signal(pid, signal.SIGKILL)
+        self.orphans |= found
+
+    def children(self, name: str) -> set[int]:
+        return descendants(self.processes[name].pid)
+
+    def restart_web(self, ready_timeout: float = 30.0) -> str:
+        """SIGTERM the running web process, then start a new one on the same port; returns the new one's name."""
+        current = [name for name in self.processes if name.startswith("web") and name not in self.killed]
+        for name in current:
+            self.killed.add(name)
+            self.processes[name].send_signal(signal.SIGTERM)
+            try:
+                self.processes[name].wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.processes[name].kill()
+                self.processes[name].wait()
+        name = f"web-{1 + sum(1 for n in self.processes if n.startswith('web'))}"
+        self._spawn(name, [sys.executable, "-m", "bridge", "web", "--port", str(self.port)])
+        wait_for(lambda: self._web_ready(name), timeout=ready_timeout, interval=0.05)
+        return name
+
+    def _web_ready(self, name: str) -> bool:
+        if self.processes[name].poll() is not None:
+            raise AssertionError(f"{name} exited during start-up\n{self.output()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
     def output(self) -> str:
         parts = []
         for name in self.processes:
@@ -80,7 +142,7 @@ class BridgeProcesses:
 
     def stop(self) -> dict[str, int]:
         """SIGTERM every process (workers first), then SIGKILL any still running after the bound."""
-        order = sorted(self.processes, key=lambda name: name == "web")
+        order = sorted(self.processes, key=lambda name: name.startswith("web"))
         for name in order:
             if self.processes[name].poll() is None:
                 self.processes[name].send_signal(signal.SIGTERM)
@@ -92,4 +154,50 @@ class BridgeProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 statuses[name] = process.wait()
+        self._stop_orphans()
         return statuses
+
+    def _stop_orphans(self) -> None:
+        for pid in self.orphans:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        while any(_alive(pid) for pid in self.orphans) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in self.orphans:
+            _signal(pid, signal.SIGKILL)
+        self.orphans.clear()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces or parentheses, so split after the last ')'.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

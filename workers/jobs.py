@@ -79,32 +79,26 @@ def refresh_directory() -> str:
 
 
 def tick() -> str:
-    """Every ``TICK_SECONDS``: route what waits, check the load against Rocket.Chat when due, schedule the next.
-
-    The chain is kept unique per time slot, so however many workers start it there is one tick per slot.
-    """
-    from workers.schedule import schedule_tick
-
+    """Every ``TICK_SECONDS`` (enqueued by the workers' tickers): route what waits, recover queued inquiries the
+    bridge missed, re-route unanswered chats, and check the load against Rocket.Chat when due."""
     ctx = current()
-    try:
-        if not ctx.settings.rocketchat_url:
-            return ctx.router.drain()
-        outcome = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
-        if ctx.redis.set(keys.recover_due(), "1", nx=True, ex=ctx.settings.inquiry_reconcile_seconds):
-            from bridge.reconcile import recover_queued
+    ctx.redis.delete(keys.tick_pending())
+    if not ctx.settings.rocketchat_url:
+        return ctx.router.drain()
+    outcome = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
+    if ctx.redis.set(keys.recover_due(), "1", nx=True, ex=ctx.settings.inquiry_reconcile_seconds):
+        from bridge.reconcile import recover_queued
 
-            outcome += "; " + recover_queued(ctx.rocketchat(), ctx.router)
-        if ctx.answers.enabled:
-            from bridge.noanswer import reroute_unanswered
+        outcome += "; " + recover_queued(ctx.rocketchat(), ctx.router)
+    if ctx.answers.enabled:
+        from bridge.noanswer import reroute_unanswered
 
-            outcome += "; " + reroute_unanswered(ctx.router, ctx.answers)
-        if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
-            from bridge.reconcile import reconcile_load
+        outcome += "; " + reroute_unanswered(ctx.router, ctx.answers)
+    if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
+        from bridge.reconcile import reconcile_load
 
-            outcome += "; " + reconcile_load(ctx.rocketchat(), ctx.directory, ctx.load)
-        return outcome
-    finally:
-        schedule_tick(ctx)
+        outcome += "; " + reconcile_load(ctx.rocketchat(), ctx.directory, ctx.load)
+    return outcome
 
 
 def reroute_chat(room_id: str, department_id: str | None, reason: str) -> str:

@@ -20,19 +20,35 @@ from rq.serializers import JSONSerializer
 
 from bridge.settings import Settings
 from workers import context
-from workers.schedule import schedule_tick
+from workers.ticker import Ticker
 
 log = logging.getLogger("workers.worker")
+
+MAINTENANCE_SECONDS = 30
 
 
 def build_worker(settings: Settings, connection: redis.Redis, name: str | None = None) -> SimpleWorker:
     ctx = context.install(settings, connection)
-    return SimpleWorker([ctx.queue], connection=connection, serializer=JSONSerializer, name=name)
+    # Maintenance (registry cleanup, restarting RQ's scheduler after it died on a Redis outage) every 30 s instead
+    # of RQ's 10 minutes; an idle worker wakes at least every worker_ttl - 15 s to run it.
+    return SimpleWorker(
+        [ctx.queue],
+        connection=connection,
+        serializer=JSONSerializer,
+        name=name,
+        maintenance_interval=MAINTENANCE_SECONDS,
+        worker_ttl=MAINTENANCE_SECONDS + 15,
+    )
 
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
     connection = redis.Redis.from_url(settings.require_redis(), socket_connect_timeout=5, health_check_interval=30)
     worker = build_worker(settings, connection, name=name)
-    schedule_tick(context.current())
+    ticker = Ticker(settings)
+    if not burst:
+        ticker.start()
     log.info("worker %s listening on queue %s", worker.name, settings.queue_name)
-    return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    try:
+        return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    finally:
+        ticker.stop()
