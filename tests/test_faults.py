@@ -332,12 +332,6 @@ def test_rocketchat_slower_than_the_client_timeout_takes_once(rig: Rig):
 
 
 @pytest.mark.parametrize("rig", [{"LOAD_RECONCILE_SECONDS": "300"}], ids=["default-load-reconcile"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a take that timed out on our side but succeeded in Rocket.Chat: when its taken webhook is applied before "
-    "the client gives up, Router._take's release (bridge/router.py, except RocketChatError) deletes the room the "
-    "webhook just confirmed; the agent looks free until reconcile_load and is given chats over capacity",
-)
 def test_a_take_that_timed_out_but_succeeded_keeps_counting(rig: Rig):
     rig.state.set_presence("bo", statusLivechat="not-available")  # sales chats can go to ana only (capacity 2)
     time.sleep(1.5)  # the cached agent list (DIRECTORY_TTL_SECONDS=1) catches up
@@ -380,12 +374,6 @@ def test_a_worker_killed_mid_job_delays_but_loses_nothing(rig: Rig, redis_client
     rig.verify(f"3 SIGKILL {victim} mid-take")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker lost with its RQ scheduler child (host or container loss) stops the tick for ~10 minutes: the "
-    "dead scheduler's lock outlives it (~60 s) and the other and replacement workers retry the lock only in RQ's "
-    "maintenance (every 600 s; workers/worker.py keeps the default), so recover_queued and job retries never run",
-)
 def test_a_worker_lost_with_its_scheduler_keeps_the_tick(rig: Rig, redis_client):
     def scheduler_host() -> str | None:
         return next((n for n in rig.processes.processes if n.startswith("worker-") and rig.processes.children(n)), None)
@@ -413,12 +401,6 @@ def test_a_worker_lost_with_its_scheduler_keeps_the_tick(rig: Rig, redis_client)
     rig.verify(f"3b {host} lost with its scheduler")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a Redis restart the tick never runs again (RQ's scheduler child dies on the outage and the wipe "
-    "drops the scheduled tick): chats waiting at the wipe are never recovered, and chats arriving while every agent "
-    "is full are routed on the wiped (empty) load book, over capacity (no reconcile_load before routing)",
-)
 def test_redis_restarted_under_load(rig: Rig):
     def restart() -> None:
         rig.redis_server.stop()
@@ -436,12 +418,6 @@ def test_redis_restarted_under_load(rig: Rig):
     rig.verify("4a Redis restarted under load")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spool files claimed by a replay that failed (Redis still down) stay claimed by their own process "
-    "(bridge/intake.py Intake.replay releases only the failing file), so that web process never replays them; "
-    "and the tick (recover_queued) is dead after the outage, so nothing else recovers those chats",
-)
 def test_redis_down_longer_than_rocketchats_retry_window(rig: Rig, tmp_path: Path):
     # Rocket.Chat's real retry shape, scaled down: 5 attempts, 1 s timeout, 1 s apart (a ~5 s window).
     poster = rig.attach_poster(timeout=1.0, retry_delay=1.0, attempts=5)

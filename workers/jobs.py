@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from bridge import keys
+from bridge.errors import RocketChatError
 from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, MessageSent, event_from_dict
-from workers.context import current
+from workers.context import WorkerContext, current
 
 log = logging.getLogger("workers.jobs")
 
@@ -85,6 +86,16 @@ def tick() -> str:
     ctx.redis.delete(keys.tick_pending())
     if not ctx.settings.rocketchat_url:
         return ctx.router.drain()
+    try:
+        return _tick(ctx)
+    except RocketChatError as error:
+        # The next tick tries again; a failed tick job would only fill RQ's failed registry.
+        level = logging.WARNING if error.transient else logging.ERROR
+        log.log(level, "tick: %s", error)
+        return f"tick stopped: {error}"
+
+
+def _tick(ctx: WorkerContext) -> str:
     outcome = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
     if ctx.redis.set(keys.recover_due(), "1", nx=True, ex=ctx.settings.inquiry_reconcile_seconds):
         from bridge.reconcile import recover_queued

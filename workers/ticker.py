@@ -10,6 +10,7 @@ maintenance) would not.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 import redis
@@ -27,16 +28,21 @@ class Ticker(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        # Leave SIGTERM/SIGINT to the main thread: a signal the kernel hands to this thread would not interrupt
+        # the main thread's blocking dequeue, and RQ's warm shutdown would wait for the dequeue timeout.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         connection = redis.Redis.from_url(self.settings.require_redis(), socket_connect_timeout=2, socket_timeout=2)
         queue = jobqueue.make_queue(self.settings, connection)
         period = self.settings.tick_seconds
         while not self.stopping.wait(period):
             try:
                 if connection.set(keys.tick_pending(), "1", nx=True, ex=max(30, 4 * period)):
-                    jobqueue.enqueue(queue, self.settings, jobqueue.TICK, result_ttl=60)
+                    jobqueue.enqueue(queue, self.settings.replace(job_retries=0), jobqueue.TICK, result_ttl=60)
             except (redis.RedisError, OSError) as error:
                 log.debug("tick not enqueued: Redis %s", type(error).__name__)
         connection.close()
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=5)
