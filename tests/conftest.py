@@ -78,3 +78,10 @@ def rc_settings(settings, rc_server, service_account) -> Settings:
         rocketchat_retries=3,
         rocketchat_timeout=2.0,
     )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.support import SUMMARIES
+
+    for text in SUMMARIES:
+        terminalreporter.write_line(text.strip("\n"))

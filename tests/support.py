@@ -13,6 +13,15 @@ import uvicorn
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 
+# Summaries tests want shown after the run even when output is captured (printed by conftest's terminal summary).
+SUMMARIES: list[str] = []
+
+
+def report(text: str) -> None:
+    """Show ``text`` in the test run's closing summary (and now, with ``-s``)."""
+    SUMMARIES.append(text)
+    print(text)
+
 
 def fixture_names() -> list[str]:
     return sorted(path.stem for path in FIXTURES.glob("*.json"))

@@ -30,7 +30,7 @@ from bridge.sandbox.state import FORWARDED, QUEUED, TAKEN, SandboxState
 from bridge.sandbox.webhooks import WebhookPoster
 from tests.conftest import WEBHOOK_TOKEN
 from tests.processes import BridgeProcesses
-from tests.support import wait_for
+from tests.support import report, wait_for
 from tests.team import SALES, SUPPORT, seed_team
 
 pytestmark = pytest.mark.slow
@@ -246,7 +246,7 @@ def ledger() -> Iterator[list[Row]]:
         f"{total.scenario:<44} {total.faults:>6} {total.chats:>5} {total.routed:>6} {total.lost:>4} "
         f"{total.double:>5} {total.over:>4} {total.seconds:>6.1f}"
     )
-    print("\n\nfault injection summary (lost, twice and over must be 0)\n" + "\n".join(lines))
+    report("\nfault injection summary (lost, twice and over must be 0)\n" + "\n".join(lines))
 
 
 @pytest.fixture

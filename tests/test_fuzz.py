@@ -33,7 +33,7 @@ from bridge import bodies
 from bridge.app import create_app
 from bridge.settings import Secret, Settings
 from tests.conftest import WEBHOOK_TOKEN
-from tests.support import ServerThread, fixture_names, load_fixture
+from tests.support import ServerThread, fixture_names, load_fixture, report
 
 API_TOKEN = "fuzz-api-token-7e2b1c"
 QUEUE_TOKEN = "fuzz-queue-token-4d9a0f"
@@ -72,7 +72,7 @@ def summary() -> Iterator[None]:
     for (endpoint, status), count in sorted(SEEN.items()):
         per_endpoint.setdefault(endpoint, Counter())[status] += count
     parts = [f"{endpoint}: {sum(c.values())} inputs {dict(sorted(c.items()))}" for endpoint, c in per_endpoint.items()]
-    print(f"\nfuzz summary: {'; '.join(parts)}; known bugs hit: {dict(KNOWN) or 'none'}")
+    report(f"fuzz summary: {'; '.join(parts)}; known bugs hit: {dict(KNOWN) or 'none'}")
 
 
 # -- raw JSON pieces json.dumps cannot produce (deep nesting, integers past Python's 4300-digit limit) -------------
@@ -737,7 +737,7 @@ def test_the_webhook_token_is_compared_with_hmac_compare_digest():
 
 def post_webhook(bridge: ServerThread, *bodies: bytes) -> list[int]:
     with httpx.Client(base_url=bridge.url, timeout=30) as client:
-        http = Http(client, "webhook (pinned bugs)")
+        http = Http(client, "webhook (regressions)")
         headers = {"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
         return [http.send("POST", "/webhooks/livechat", content=body, headers=headers).status_code for body in bodies]
 
@@ -746,7 +746,7 @@ def post_voice(settings: Settings, body: dict[str, Any]) -> int:
     configured = settings.replace(api_token=Secret(API_TOKEN))
     with ServerThread(create_app(configured)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         headers = {"Authorization": f"Bearer {API_TOKEN}"}
-        return Http(client, "voice (pinned bugs)").send("POST", "/voice/route", json=body, headers=headers).status_code
+        return Http(client, "voice (regressions)").send("POST", "/voice/route", json=body, headers=headers).status_code
 
 
 def test_an_integer_over_4300_digits_is_400(bridge, redis_client):
