@@ -33,7 +33,7 @@ from tests.processes import BridgeProcesses
 from tests.support import report, wait_for
 from tests.team import SALES, SUPPORT, seed_team
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 API_TOKEN = "faults-api-token-3b9e"
 LIVECHAT = "/api/v1/livechat"
