@@ -57,19 +57,24 @@ def create_app(settings: Settings) -> Starlette:
     intake = Intake(recorder, Spool(settings.spool_dir, settings.spool_max_bytes))
 
     async def livechat_webhook(request: Request) -> Response:
+        response, event_type = await answer_webhook(request)
+        counters.inc("omnibridge_webhooks", type=event_type, status=str(response.status_code))
+        return response
+
+    async def answer_webhook(request: Request) -> tuple[Response, str]:
         if settings.webhook_token and not token_matches(
             request.headers.get(WEBHOOK_TOKEN_HEADER), settings.webhook_token
         ):
             log.warning("webhook refused: missing or wrong token", extra={"status": 403})
-            return answer(403, ok=False, error="missing or wrong X-RocketChat-Livechat-Token")
+            return answer(403, ok=False, error="missing or wrong X-RocketChat-Livechat-Token"), "unknown"
         try:
             event = parse_event(decode_json(await read_body(request, settings.max_body_bytes)))
         except BodyTooLarge:
             log.warning("webhook refused: body over %d bytes", settings.max_body_bytes, extra={"status": 413})
-            return answer(413, ok=False, error=f"body larger than {settings.max_body_bytes} bytes")
+            return answer(413, ok=False, error=f"body larger than {settings.max_body_bytes} bytes"), "unknown"
         except InvalidEvent as error:
             log.warning("webhook refused: %s", error, extra={"status": 400})
-            return answer(400, ok=False, error=str(error), field=error.field)
+            return answer(400, ok=False, error=str(error), field=error.field), "invalid"
         try:
             recorded = await intake.record(event)
         except OSError as error:
@@ -78,7 +83,10 @@ def create_app(settings: Settings) -> Starlette:
                 error,
                 extra={"event": event.TYPE, "room_id": event.room_id, "status": 503},
             )
-            return answer(503, ok=False, error="cannot record the event now (Redis and spool unavailable); retry later")
+            failed = answer(
+                503, ok=False, error="cannot record the event now (Redis and spool unavailable); retry later"
+            )
+            return failed, event.TYPE
         log.info(
             "webhook %s",
             recorded.outcome,
@@ -89,7 +97,7 @@ def create_app(settings: Settings) -> Starlette:
             body["job"] = recorded.job_id
         if recorded.spooled:
             body["spooled"] = True
-        return answer(200, **body)
+        return answer(200, **body), event.TYPE
 
     async def healthz(request: Request) -> Response:
         return answer(200, ok=True)
@@ -104,7 +112,8 @@ def create_app(settings: Settings) -> Starlette:
     sync_connection = redis.Redis.from_url(
         settings.require_redis(), socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
     )
-    registry = registry_for(Metrics(sync_connection))
+    counters = Metrics(sync_connection, auto_flush=False)  # flushed by a task below, never on the request path
+    registry = registry_for(counters, settings.queue_name)
 
     async def metrics(request: Request) -> Response:
         try:
@@ -118,13 +127,21 @@ def create_app(settings: Settings) -> Starlette:
         log.exception("unexpected error while answering %s %s", request.method, request.url.path)
         return answer(503, ok=False, error="internal error; retry later")
 
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await run_in_threadpool(counters.flush)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         replayer = asyncio.create_task(intake.replay_forever())
+        flusher = asyncio.create_task(flush_forever())
         yield
-        replayer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replayer
+        for task in (replayer, flusher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await run_in_threadpool(counters.flush)
         intake.spool.close()
         await connection.aclose()
         sync_connection.close()

@@ -54,10 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check Redis, Rocket.Chat, the credentials and each permission")
     doctor.set_defaults(run=run_doctor)
 
+    status = commands.add_parser("status", help="agents, load, chats waiting and decisions, refreshing")
+    status.add_argument("--once", action="store_true", help="print one screen and exit")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    status.set_defaults(run=run_status)
+
     failed = commands.add_parser("failed", help="list jobs in RQ's failed-job registry (and requeue them)")
     failed.add_argument("--requeue", action="store_true", help="put every failed job back on the queue")
     failed.set_defaults(run=run_failed)
     return parser
+
+
+def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    import redis
+
+    from bridge.status import render, watch
+
+    connection = redis.Redis.from_url(settings.require_redis())
+    if args.once:
+        print(render(settings, connection))
+        return 0
+    try:
+        watch(settings, connection, args.interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def run_failed(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:

@@ -2,42 +2,94 @@
 
 Heroku-style deployments run processes on different hosts, so prometheus-client's file-based multiprocess mode
 does not apply; each process adds to one Redis hash instead, and ``GET /metrics`` on any web process renders the
-totals with prometheus-client. A failing metrics write never fails the work it counts.
+totals with prometheus-client. Increments are buffered in memory and written at most once a second (one
+pipelined ``HINCRBYFLOAT`` per counter), so counting costs no Redis round trip on the request path. A failing
+metrics write never fails the work it counts (the increments are kept for the next flush).
+
+Gauges (chats waiting, RQ jobs by state) are read from Redis when scraped, not counted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import redis
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bridge import keys
 
 log = logging.getLogger("bridge.metrics")
 
+FLUSH_SECONDS = 1.0
+
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "omnibridge_webhooks": (
+        "Webhooks received, by Rocket.Chat event type and HTTP status answered",
+        ("type", "status"),
+    ),
+    "omnibridge_routing_decisions": ("Routing decisions, by kind and outcome", ("kind", "outcome")),
+    "omnibridge_reservations": ("Capacity reservations, by result (reserved, full, released)", ("result",)),
     "omnibridge_directory_lookups": ("Agent directory lookups, by outcome (hit, refreshed, stale)", ("outcome",)),
     "omnibridge_rocketchat_calls": ("Rocket.Chat calls, by route and HTTP status", ("route", "status")),
     "omnibridge_rate_limit_waits": ("Waits for a Rocket.Chat rate-limit reset or call budget slot", ("route",)),
 }
+HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "omnibridge_routing_wait_seconds": (
+        "Seconds from Rocket.Chat queueing a chat to the bridge taking it for an agent",
+        (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    ),
+}
 
 
 class Metrics:
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, auto_flush: bool = True) -> None:
         self.connection = connection
+        self.auto_flush = auto_flush
+        self.lock = threading.Lock()
+        self.pending: Counter[str] = Counter()
+        self.flushed_at = time.monotonic()
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         if name not in COUNTERS:
             raise KeyError(f"unknown metric {name}")
-        field = json.dumps([name, labels], sort_keys=True, separators=(",", ":"))
+        self._add(json.dumps([name, labels], sort_keys=True, separators=(",", ":")), amount)
+
+    def observe(self, name: str, value: float) -> None:
+        _, buckets = HISTOGRAMS[name]
+        for bound in buckets:
+            if value <= bound:
+                self._add(json.dumps([name + "_bucket", {"le": str(bound)}], separators=(",", ":")), 1)
+        self._add(json.dumps([name + "_count", {}], separators=(",", ":")), 1)
+        self._add(json.dumps([name + "_sum", {}], separators=(",", ":")), value)
+
+    def _add(self, field: str, amount: float) -> None:
+        with self.lock:
+            self.pending[field] += amount
+            due = self.auto_flush and time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, Counter()
+            self.flushed_at = time.monotonic()
+        if not batch:
+            return
         try:
-            self.connection.hincrbyfloat(keys.metrics(), field, amount)
+            pipe = self.connection.pipeline(transaction=False)
+            for field, amount in batch.items():
+                pipe.hincrbyfloat(keys.metrics(), field, amount)
+            pipe.execute()
         except (redis.RedisError, OSError) as error:
-            log.warning("metric %s not recorded: %s", name, type(error).__name__)
+            log.warning("metrics not written yet (Redis %s); kept for the next flush", type(error).__name__)
+            with self.lock:
+                self.pending.update(batch)
 
     def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         result = {}
@@ -48,10 +100,12 @@ class Metrics:
 
 
 class RedisCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, queue_name: str) -> None:
         self.metrics = metrics
+        self.queue_name = queue_name
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        self.metrics.flush()
         totals = self.metrics.totals()
         for name, (help_text, label_names) in COUNTERS.items():
             family = CounterMetricFamily(name, help_text, labels=label_names)
@@ -60,9 +114,39 @@ class RedisCollector(Collector):
                     values = dict(labels)
                     family.add_metric([values.get(label, "") for label in label_names], value)
             yield family
+        for name, (help_text, bounds) in HISTOGRAMS.items():
+            counts = {
+                dict(labels).get("le"): value
+                for (metric, labels), value in totals.items()
+                if metric == name + "_bucket"
+            }
+            total = totals.get((name + "_count", ()), 0.0)
+            buckets = [(str(bound), counts.get(str(bound), 0.0)) for bound in bounds] + [("+Inf", total)]
+            family = HistogramMetricFamily(name, help_text)
+            family.add_metric([], buckets, sum_value=totals.get((name + "_sum", ()), 0.0))
+            yield family
+        yield from self._gauges()
+
+    def _gauges(self) -> Iterator[GaugeMetricFamily]:
+        from rq import Queue
+
+        from bridge.waiting import WaitingQueue
+
+        connection = self.metrics.connection
+        waiting = GaugeMetricFamily("omnibridge_chats_waiting", "Chats waiting for an agent, now")
+        waiting.add_metric([], WaitingQueue(connection).count())
+        yield waiting
+        jobs = GaugeMetricFamily("omnibridge_jobs", "RQ jobs of the bridge's queue, by state, now", labels=["state"])
+        queue = Queue(self.queue_name, connection=connection)
+        jobs.add_metric(["queued"], queue.count)
+        jobs.add_metric(["started"], queue.started_job_registry.count)
+        jobs.add_metric(["scheduled"], queue.scheduled_job_registry.count)
+        jobs.add_metric(["finished"], queue.finished_job_registry.count)
+        jobs.add_metric(["failed"], queue.failed_job_registry.count)
+        yield jobs
 
 
-def registry_for(metrics: Metrics) -> CollectorRegistry:
+def registry_for(metrics: Metrics, queue_name: str) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(metrics))
+    registry.register(RedisCollector(metrics, queue_name))
     return registry

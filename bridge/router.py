@@ -33,6 +33,7 @@ from bridge.directory import AgentDirectory, Listing
 from bridge.errors import RequestRejected, RocketChatError, RocketChatUnavailable
 from bridge.events import ChatQueued
 from bridge.load import LoadBook
+from bridge.metrics import Metrics
 from bridge.noanswer import AnswerWatch
 from bridge.rocketchat import RocketChat
 from bridge.routing import Choice, Policy, Request, choose
@@ -56,6 +57,7 @@ class Router:
         load: LoadBook,
         clock: Callable[[], float] = time.time,
         answers: AnswerWatch | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.connection = connection
@@ -64,6 +66,7 @@ class Router:
         self.load = load
         self.clock = clock
         self.answers = answers
+        self.metrics = metrics
         self.waiting = WaitingQueue(connection)
         self.decisions = DecisionLog(connection, settings.decision_retention_seconds)
 
@@ -141,6 +144,7 @@ class Router:
                 self.clock(),
             )
             reservation = self.load.reserve(room_id, [(c.id, c.capacity) for c in choice.ranked])
+            self._count_reservation(reservation.outcome)
             if reservation.outcome == "closed":
                 return self._leave(chat, "closed", "the room was closed", choice, listing[0], attempts)
             if reservation.outcome == "already" and reservation.agent_id != chat.reserved_for:
@@ -202,8 +206,10 @@ class Router:
             if code == "error-inquiry-taken":
                 if not resumed:  # ours only if an interrupted attempt of ours took it; else someone else did
                     self.load.release(chat.room_id, agent_id)
+                    self._count_reservation("released")
                 return "inquiry-taken"
             self.load.release(chat.room_id, agent_id)
+            self._count_reservation("released")
             if code == "error-not-found":
                 return "not-found"
             if code in OFFLINE_ERRORS or "user is invalid" in str(error).lower():
@@ -218,6 +224,7 @@ class Router:
             raise
         except RocketChatError as error:
             self.load.release(chat.room_id, agent_id)
+            self._count_reservation("released")
             self.waiting.update(replace(chat, reserved_for=None))
             self._record(chat, "failed", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
             raise
@@ -231,6 +238,10 @@ class Router:
             accept_idle=self.settings.accept_idle_agents,
             previous_agent_window=float(self.settings.previous_agent_window_seconds),
         )
+
+    def _count_reservation(self, result: str) -> None:
+        if self.metrics is not None and result in ("reserved", "full", "released"):
+            self.metrics.inc("omnibridge_reservations", result=result)
 
     def ensure_load_known(self) -> None:
         """Before routing on a load book Redis may have lost (first start, a restart without persistence), rebuild
@@ -332,6 +343,10 @@ class Router:
         if listing is not None:
             decision["directory"] = {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)}
         self.decisions.record(chat.room_id, decision)
+        if self.metrics is not None:
+            self.metrics.inc("omnibridge_routing_decisions", kind="chat", outcome=outcome)
+            if outcome == "routed":
+                self.metrics.observe("omnibridge_routing_wait_seconds", decision["waited_seconds"])
 
 
 def epoch(value: object) -> float | None:

@@ -4,23 +4,61 @@ from bridge import endpoints
 from bridge.app import create_app
 from bridge.metrics import Metrics
 from bridge.rocketchat import RocketChat
-from tests.support import ServerThread
+from tests.conftest import WEBHOOK_TOKEN
+from tests.support import ServerThread, load_fixture
+
+
+def scrape(url: str) -> str:
+    return httpx.get(f"{url}/metrics").text
 
 
 def test_counts_from_any_process_are_exposed_by_the_web_process(rc_settings, rc_state, redis_client):
     rc_state.inject("/api/v1/me", status=503, count=1)
-    rc = RocketChat(rc_settings, metrics=Metrics(redis_client))
+    worker_side = Metrics(redis_client)
+    rc = RocketChat(rc_settings, metrics=worker_side)
     endpoints.me(rc)
     rc.close()
-    Metrics(redis_client).inc("omnibridge_directory_lookups", outcome="stale")
+    worker_side.inc("omnibridge_directory_lookups", outcome="stale")
+    worker_side.observe("omnibridge_routing_wait_seconds", 0.3)
+    worker_side.flush()
     with ServerThread(create_app(rc_settings)) as web:
-        text = httpx.get(f"{web.url}/metrics").text
+        text = scrape(web.url)
     assert 'omnibridge_rocketchat_calls_total{route="GET /api/v1/me",status="503"} 1.0' in text
     assert 'omnibridge_rocketchat_calls_total{route="GET /api/v1/me",status="200"} 1.0' in text
     assert 'omnibridge_directory_lookups_total{outcome="stale"} 1.0' in text
+    assert 'omnibridge_routing_wait_seconds_bucket{le="0.25"} 0.0' in text
+    assert 'omnibridge_routing_wait_seconds_bucket{le="0.5"} 1.0' in text
+    assert "omnibridge_routing_wait_seconds_count 1.0" in text
+
+
+def test_webhooks_are_counted_by_type_and_status_without_a_redis_call_each(settings, redis_client):
+    with ServerThread(create_app(settings)) as web:
+        headers = {"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
+        for _ in range(3):
+            httpx.post(
+                f"{web.url}/webhooks/livechat", json=load_fixture("LivechatSessionQueued__basic"), headers=headers
+            )
+        httpx.post(f"{web.url}/webhooks/livechat", content=b"{}", headers=headers)
+        httpx.post(f"{web.url}/webhooks/livechat", json={}, headers={})
+        text = scrape(web.url)  # a scrape flushes this process's counters first
+    assert 'omnibridge_webhooks_total{status="200",type="LivechatSessionQueued"} 3.0' in text
+    assert 'omnibridge_webhooks_total{status="400",type="invalid"} 1.0' in text
+    assert 'omnibridge_webhooks_total{status="403",type="unknown"} 1.0' in text
+    assert "omnibridge_chats_waiting 0.0" in text
+    assert 'omnibridge_jobs{state="queued"} 1.0' in text
 
 
 def test_metrics_answer_503_without_redis(settings, redis_server):
     with ServerThread(create_app(settings)) as web:
         redis_server.stop()
         assert httpx.get(f"{web.url}/metrics").status_code == 503
+
+
+def test_increments_survive_a_failed_flush(redis_client, redis_server):
+    metrics = Metrics(redis_client, auto_flush=False)
+    metrics.inc("omnibridge_reservations", result="reserved")
+    redis_server.stop()
+    metrics.flush()
+    redis_server.start()
+    metrics.flush()
+    assert Metrics(redis_client).totals() == {("omnibridge_reservations", (("result", "reserved"),)): 1.0}

@@ -214,3 +214,20 @@ def test_forwarding_skips_an_offline_agent_and_moves_the_count_back_on_failure(
     assert LoadBook(redis_client).counts() == {team["ana"]: 1}
     decision = DecisionLog(redis_client, 60).for_room(room["_id"])[-1]
     assert decision["attempts"] == [{"agent_id": team["bo"], "result": "offline"}]
+
+
+def test_status_shows_agents_load_waiting_chats_and_decisions(
+    rc_settings, rc_state, team, bridge, redis_client, capsys
+):
+    from bridge.cli import main
+
+    for _ in range(6):  # one more than sales can take
+        room, _ = rc_state.open_chat(department=SALES)
+        deliver(bridge, queued_webhook(rc_state, room))
+    route(rc_settings, redis_client)
+    assert main(["status", "--once"], env={"REDIS_URL": rc_settings.redis_url}) == 0
+    screen = capsys.readouterr().out
+    assert "ana " in screen and "2/2" in screen and "3/3" in screen
+    assert "offline" in screen and "not available for livechat" in screen
+    assert "chats waiting: 1" in screen
+    assert screen.count(" routed ") == 5 and " waiting " in screen

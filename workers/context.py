@@ -31,6 +31,7 @@ class WorkerContext:
     redis: redis.Redis
     queue: Queue
     load: LoadBook
+    metrics: Metrics
     _rocketchat: RocketChat | None = field(default=None, repr=False)
 
     def rocketchat(self) -> RocketChat:
@@ -38,10 +39,6 @@ class WorkerContext:
             budget = CallBudget(self.redis, self.settings.rocketchat_calls_per_minute)
             self._rocketchat = RocketChat(self.settings, budget=budget, metrics=self.metrics)
         return self._rocketchat
-
-    @property
-    def metrics(self) -> Metrics:
-        return Metrics(self.redis)
 
     @property
     def directory(self) -> AgentDirectory:
@@ -57,7 +54,15 @@ class WorkerContext:
 
     @property
     def router(self) -> Router:
-        return Router(self.settings, self.redis, self.rocketchat, self.directory, self.load, answers=self.answers)
+        return Router(
+            self.settings,
+            self.redis,
+            self.rocketchat,
+            self.directory,
+            self.load,
+            answers=self.answers,
+            metrics=self.metrics,
+        )
 
 
 _current: WorkerContext | None = None
@@ -67,7 +72,9 @@ def install(settings: Settings, connection: redis.Redis) -> WorkerContext:
     global _current
     if _current is not None and _current._rocketchat is not None:
         _current._rocketchat.close()
-    _current = WorkerContext(settings, connection, make_queue(settings, connection), LoadBook(connection))
+    _current = WorkerContext(
+        settings, connection, make_queue(settings, connection), LoadBook(connection), Metrics(connection)
+    )
     return _current
 
 

@@ -17,6 +17,7 @@ import redis
 
 from bridge import jobqueue, keys
 from bridge.settings import Settings
+from workers import context
 
 log = logging.getLogger("workers.ticker")
 
@@ -40,6 +41,7 @@ class Ticker(threading.Thread):
                     jobqueue.enqueue(queue, self.settings.replace(job_retries=0), jobqueue.TICK, result_ttl=60)
             except (redis.RedisError, OSError) as error:
                 log.debug("tick not enqueued: Redis %s", type(error).__name__)
+            context.current().metrics.flush()  # counters of a quiet worker reach Redis too
         connection.close()
 
     def stop(self) -> None:

@@ -52,3 +52,4 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
         return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
     finally:
         ticker.stop()
+        context.current().metrics.flush()
