@@ -63,3 +63,8 @@ class ServerThread:
     def url(self) -> str:
         port = self.server.servers[0].sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
+
+
+def recorded_keys(client) -> list[bytes]:
+    """Every key in Redis but the metrics counters (which count refused requests too)."""
+    return sorted(k for k in client.keys("*") if k != b"ob:metrics")

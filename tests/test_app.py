@@ -12,7 +12,7 @@ from bridge.app import create_app
 from bridge.events import parse_event
 from bridge.jobqueue import EVENT_JOBS, job_for
 from tests.conftest import WEBHOOK_TOKEN
-from tests.support import ServerThread, fixture_names, load_fixture
+from tests.support import ServerThread, fixture_names, load_fixture, recorded_keys
 
 HEADERS = {"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
 
@@ -99,7 +99,7 @@ def test_a_missing_or_wrong_token_is_403_and_records_nothing(bridge, queue, redi
     response = post(bridge, load_fixture("LivechatSessionQueued__basic"), headers=headers)
     assert response.status_code == 403
     assert "X-RocketChat-Livechat-Token" in response.json()["error"]
-    assert redis_client.dbsize() == 0
+    assert recorded_keys(redis_client) == []
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_malformed_input_is_400_naming_the_problem(bridge, redis_client, body, s
     response = post(bridge, body)
     assert response.status_code == 400
     assert says in response.json()["error"]
-    assert redis_client.dbsize() == 0
+    assert recorded_keys(redis_client) == []
 
 
 def test_a_declared_oversized_body_is_413_before_it_is_read(bridge, settings):
