@@ -122,14 +122,20 @@ def forward_room(rc: RocketChat, room_id: str, user_id: str | None = None, depar
     rc.request("POST", "/api/v1/livechat/room.forward", json=body)
 
 
-def open_rooms_of(rc: RocketChat, agent_id: str) -> set[str]:
-    """Ids of the agent's open livechat rooms (``livechat/rooms?agents[]=..&open=true``)."""
-    params = {"agents[]": agent_id, "open": "true"}
-    return {
-        room["_id"]
-        for room in _pages(rc, "/api/v1/livechat/rooms", "rooms", params)
-        if isinstance(room, dict) and isinstance(room.get("_id"), str)
-    }
+def open_rooms(rc: RocketChat) -> dict[str, str]:
+    """Every open livechat room with an agent -> that agent's id (``livechat/rooms?open=true``, paged).
+
+    One call per 100 open rooms however many agents there are, so it fits Rocket.Chat's per-route rate limit
+    (needs view-livechat-rooms).
+    """
+    served: dict[str, str] = {}
+    for room in _pages(rc, "/api/v1/livechat/rooms", "rooms", {"open": "true"}):
+        if not isinstance(room, dict) or not isinstance(room.get("_id"), str) or room.get("open") is False:
+            continue
+        agent = room.get("servedBy")
+        if isinstance(agent, dict) and isinstance(agent.get("_id"), str):
+            served[room["_id"]] = agent["_id"]
+    return served
 
 
 def assign_extension(rc: RocketChat, username: str, extension: str) -> None:

@@ -1,11 +1,11 @@
 """Correcting drift between the bridge's load book and Rocket.Chat's open rooms.
 
 Webhooks can be lost (Rocket.Chat gives up after 5 attempts) and rooms can change while the bridge is down, so
-every ``LOAD_RECONCILE_SECONDS`` a worker asks Rocket.Chat for each known agent's open rooms
-(``livechat/rooms?agents[]=<id>&open=true``) and makes the load book agree: rooms Rocket.Chat shows are counted on
-their agent, rooms it no longer shows are released, except rooms being routed right now or counted less than
-``GRACE_SECONDS`` ago (a reservation exists before Rocket.Chat lists the room: releasing it would let a second
-router take the same slot).
+every ``LOAD_RECONCILE_SECONDS`` a worker asks Rocket.Chat for every open room and its agent
+(``livechat/rooms?open=true``, one call per 100 rooms) and makes the load book agree: rooms Rocket.Chat shows
+are counted on their agent, rooms it no longer shows are released, except rooms being routed right now or
+counted less than ``GRACE_SECONDS`` ago (a reservation exists before Rocket.Chat lists the room: releasing it
+would let a second router take the same slot).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 
 from bridge import endpoints, keys
-from bridge.directory import AgentDirectory
-from bridge.errors import PermissionDenied, RocketChatError
+from bridge.errors import PermissionDenied
 from bridge.load import LoadBook
 from bridge.rocketchat import RocketChat
 from bridge.router import Router, epoch
@@ -30,23 +29,20 @@ def _redis_now(load: LoadBook) -> float:
     return int(seconds) + int(micros) / 1e6
 
 
-def reconcile_load(
-    rc: RocketChat, directory: AgentDirectory, load: LoadBook, grace_seconds: float = GRACE_SECONDS
-) -> str:
-    agent_ids = set(load.counts()) | {agent.id for agent in directory.agents().agents}
+def reconcile_load(rc: RocketChat, load: LoadBook, grace_seconds: float = GRACE_SECONDS) -> str:
+    actual = endpoints.open_rooms(rc)  # room -> agent, for every open room Rocket.Chat has
+    by_agent: dict[str, set[str]] = {}
+    for room_id, agent_id in actual.items():
+        by_agent.setdefault(agent_id, set()).add(room_id)
+    agent_ids = set(load.counts()) | set(by_agent)
     added = released = 0
+    now = _redis_now(load)
     for agent_id in sorted(agent_ids):
-        try:
-            actual = endpoints.open_rooms_of(rc, agent_id)
-        except RocketChatError as error:
-            log.warning("load check for %s skipped: %s", agent_id, error, extra={"agent_id": agent_id})
-            continue
-        known = load.rooms_of(agent_id)
-        for room_id in actual - known:
+        shown, known = by_agent.get(agent_id, set()), load.rooms_of(agent_id)
+        for room_id in shown - known:
             load.assign(room_id, agent_id)
             added += 1
-        now = _redis_now(load)
-        for room_id in known - actual:
+        for room_id in known - shown:
             # A room being routed right now is reserved before Rocket.Chat lists it: not drift.
             since = load.counted_since(room_id)
             if load.connection.exists(keys.routing_claim(room_id)) or (since and now - since < grace_seconds):
@@ -54,7 +50,7 @@ def reconcile_load(
             released += load.release(room_id, agent_id)
     if added or released:
         log.warning("load drift corrected: %d rooms added, %d released", added, released)
-    return f"load checked for {len(agent_ids)} agents: {added} rooms added, {released} released"
+    return f"load checked: {len(actual)} open rooms, {len(agent_ids)} agents: {added} rooms added, {released} released"
 
 
 def recover_queued(rc: RocketChat, router: Router) -> str:

@@ -256,7 +256,7 @@ class Router:
                 from bridge.reconcile import reconcile_load
 
                 log.warning("no load book in Redis: rebuilding it from Rocket.Chat before routing")
-                log.warning(reconcile_load(self.rocketchat(), self.directory, self.load))
+                log.warning(reconcile_load(self.rocketchat(), self.load))
                 self.connection.set(keys.load_known(), "1")
         finally:
             try:

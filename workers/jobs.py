@@ -108,7 +108,7 @@ def _tick(ctx: WorkerContext) -> str:
     if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
         from bridge.reconcile import reconcile_load
 
-        outcome += "; " + reconcile_load(ctx.rocketchat(), ctx.directory, ctx.load)
+        outcome += "; " + reconcile_load(ctx.rocketchat(), ctx.load)
     return outcome
 
 
