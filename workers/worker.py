@@ -42,7 +42,7 @@ def build_worker(settings: Settings, connection: redis.Redis, name: str | None =
 
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
-    connection = redis.Redis.from_url(settings.require_redis(), socket_connect_timeout=5, health_check_interval=30)
+    connection = redis.Redis.from_url(settings.require_redis(), socket_connect_timeout=5)
     worker = build_worker(settings, connection, name=name)
     ticker = Ticker(settings)
     if not burst:
@@ -50,6 +50,14 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     log.info("worker %s listening on queue %s", worker.name, settings.queue_name)
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    except redis.RedisError as error:
+        if worker._shutdown_requested_date is None:
+            raise  # the worker itself failed: exit non-zero so the process manager restarts it
+        # Stopping was asked for and the current job had finished; only RQ's bookkeeping of its own exit (worker
+        # registry) failed, typically on a connection that lived through a Redis restart. Nothing is lost: the
+        # registry entry expires by itself.
+        log.warning("worker %s stopped; deregistering failed: %s", worker.name, error)
+        return True
     finally:
         ticker.stop()
         context.current().metrics.flush()
