@@ -275,11 +275,13 @@ def test_request_log_shows_get_one_then_take_and_a_cached_agent_list(bridge):
         if (entry.path == GET_ONE and entry.query.get("roomId") == rid)
         or (entry.path == TAKE and (entry.body or {}).get("inquiryId") == inquiry_id)
     ]
-    assert [line for line, _ in lines] == [
-        f"GET {GET_ONE} > 200",
-        f"POST {TAKE} > 200",
-    ]
-    take = entries[lines[1][1]]
+    found = [line for line, _ in lines]
+    if found == [f"POST {TAKE} > 200"]:
+        # The reconciler's tick listed the queued inquiry (with its id) before the webhook's job ran: no getOne.
+        assert any(e.path == "/api/v1/livechat/inquiries.list" for e in entries[: lines[0][1]])
+    else:
+        assert found == [f"GET {GET_ONE} > 200", f"POST {TAKE} > 200"]
+    take = entries[lines[-1][1]]
     assert take.body == {"inquiryId": inquiry_id, "userId": bridge.team[bridge.watch.served_by(rid) or ""]}
 
     # Seven more fill every slot (8 in all): sales first (ana and bo), then support (only fay has room left).
