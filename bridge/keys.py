@@ -175,3 +175,8 @@ def tick_pending() -> str:
 
 def load_rebuild_lock() -> str:
     return f"{PREFIX}load-rebuild-lock"
+
+
+def pending_agents() -> str:
+    """Set of agents that ever had a pending reservation (bounded by the team), so counts need no key scan."""
+    return f"{PREFIX}pending-agents"

@@ -68,7 +68,7 @@ return previous
 """
 )
 
-# KEYS: room->agent, load, closed marker, last-assigned, room->since.
+# KEYS: room->agent, load, closed marker, last-assigned, room->since, agents with pending reservations.
 # ARGV: room ('' = pending), pending prefix, pending ms, token, move ('1': take the room from its current
 # agent), then agent id / capacity pairs in ranked order.
 # Returns {outcome, agent id, previous agent id}.
@@ -88,6 +88,7 @@ for i = 6, #ARGV, 2 do
   if capacity == 0 or load < capacity then
     if ARGV[1] == '' then
       redis.call('ZADD', ARGV[2] .. agent, now + tonumber(ARGV[3]), ARGV[4])
+      redis.call('SADD', KEYS[6], agent)
     else
       if current then drop(KEYS[2], current) end
       redis.call('HSET', KEYS[1], ARGV[1], agent)
@@ -157,6 +158,7 @@ class LoadBook:
                 keys.closed_room(room_id or "-"),
                 keys.last_assigned(),
                 keys.room_since(),
+                keys.pending_agents(),
             ],
             args=[room_id, keys.pending_prefix(), PENDING_SECONDS * 1000, token, "1" if move else "0", *pairs],
         )
@@ -185,11 +187,16 @@ class LoadBook:
     def counts(self) -> dict[str, int]:
         """Open chats per agent, pending External Service reservations included."""
         counts = {_text(k): int(v) for k, v in self.connection.hgetall(keys.agent_load()).items()}
-        for key in self.connection.scan_iter(match=keys.pending_prefix() + "*", count=500):
-            live = self.connection.zcount(key, f"({self._now_ms()}", "+inf")
+        agents = [_text(a) for a in self.connection.smembers(keys.pending_agents())]
+        if not agents:
+            return counts
+        now = self._now_ms()
+        pipe = self.connection.pipeline(transaction=False)
+        for agent_id in agents:
+            pipe.zcount(keys.pending_prefix() + agent_id, f"({now}", "+inf")
+        for agent_id, live in zip(agents, pipe.execute(), strict=True):
             if live:
-                agent_id = _text(key)[len(keys.pending_prefix()) :]
-                counts[agent_id] = counts.get(agent_id, 0) + live
+                counts[agent_id] = counts.get(agent_id, 0) + int(live)
         return counts
 
     def last_assigned(self) -> dict[str, float]:

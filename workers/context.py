@@ -2,13 +2,15 @@
 
 ``omnibridge worker`` installs it at start; a job run by RQ's own ``rq worker`` command builds it from the
 environment on first use, so both ways of running workers behave the same. The Rocket.Chat client is made on
-first use: one pooled HTTP client per process.
+first use: one pooled HTTP client per process; the directory, router and answer watch are built once too (they
+hold no state of their own beyond Redis).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import redis
 from rq import Queue
@@ -40,7 +42,7 @@ class WorkerContext:
             self._rocketchat = RocketChat(self.settings, budget=budget, metrics=self.metrics)
         return self._rocketchat
 
-    @property
+    @cached_property
     def directory(self) -> AgentDirectory:
         cache = SharedCache(
             self.redis,
@@ -48,11 +50,11 @@ class WorkerContext:
         )
         return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
 
-    @property
+    @cached_property
     def answers(self) -> AnswerWatch:
         return AnswerWatch(self.settings, self.redis)
 
-    @property
+    @cached_property
     def router(self) -> Router:
         return Router(
             self.settings,
