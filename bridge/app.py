@@ -5,7 +5,7 @@ retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The READM
 
 | status | when | Rocket.Chat then |
 |---|---|---|
-| 200 | accepted (job created), duplicate (already recorded), or deliberately ignored type | stores our body as crmData |
+| 200 | accepted (in the event log), duplicate (already recorded), or deliberately ignored type | stores our body as crmData |
 | 400 | body not UTF-8 JSON, not an object, no/unknown ``type``, required field missing or mistyped | no retry (newer) |
 | 403 | ``X-RocketChat-Livechat-Token`` missing or wrong | no retry (newer) |
 | 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
@@ -33,9 +33,9 @@ from starlette.routing import Route
 from bridge.api import api_routes
 from bridge.bodies import BodyTooLarge, answer, decode_json, read_body, token_matches
 from bridge.errors import InvalidEvent
+from bridge.eventlog import EventLog
 from bridge.events import parse_event
 from bridge.intake import Intake
-from bridge.jobqueue import EventRecorder
 from bridge.metrics import Metrics, registry_for
 from bridge.settings import Settings
 from bridge.spool import Spool
@@ -53,8 +53,7 @@ def create_app(settings: Settings) -> Starlette:
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
     )
-    recorder = EventRecorder(settings, connection)
-    intake = Intake(recorder, Spool(settings.spool_dir, settings.spool_max_bytes))
+    intake = Intake(EventLog(settings, connection), Spool(settings.spool_dir, settings.spool_max_bytes))
 
     async def livechat_webhook(request: Request) -> Response:
         response, event_type = await answer_webhook(request)
@@ -90,11 +89,11 @@ def create_app(settings: Settings) -> Starlette:
         log.info(
             "webhook %s",
             recorded.outcome,
-            extra={"event": event.TYPE, "room_id": event.room_id, "job_id": recorded.job_id, "status": 200},
+            extra={"event": event.TYPE, "room_id": event.room_id, "event_id": recorded.event_id, "status": 200},
         )
         body: dict[str, Any] = {"ok": True, "outcome": recorded.outcome, "event": event.TYPE}
-        if recorded.job_id:
-            body["job"] = recorded.job_id
+        if recorded.event_id:
+            body["id"] = recorded.event_id
         if recorded.spooled:
             body["spooled"] = True
         return answer(200, **body), event.TYPE

@@ -1,45 +1,59 @@
-"""Making an accepted webhook durable: into Redis, or into the local spool while Redis cannot take it.
+"""Making an accepted webhook durable: into Redis's event log, or into the local spool while Redis cannot take it.
 
 ``record()`` answers only once the event is durable in one of the two; ``replay_forever()`` (a task of the web
 process) moves spooled events into Redis, oldest first, as soon as Redis answers again. Replaying goes through
-the same deduplicating script, so an event spooled twice, or spooled and also redelivered by Rocket.Chat, still
-makes one job.
+the same deduplicating script, so an event spooled twice, or spooled and also redelivered by Rocket.Chat, is
+still logged once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from bridge import keys
+from bridge.eventlog import EventLog, GroupCommit
 from bridge.events import Event, event_from_dict
-from bridge.jobqueue import EventRecorder, Recorded, job_for
+from bridge.jobqueue import job_for
 from bridge.spool import Spool
 
 log = logging.getLogger("bridge.intake")
 
 REPLAY_PERIOD = 1.0
+REPLAY_GROUP = 100
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    outcome: str  # "accepted" | "duplicate" | "ignored"
+    event_id: str | None = None  # ``ev-<identity>``: the same for every delivery of one event, in logs and answers
+    spooled: bool = False
+
+
 class Intake:
-    def __init__(self, recorder: EventRecorder, spool: Spool) -> None:
-        self.recorder = recorder
+    def __init__(self, events: EventLog, spool: Spool) -> None:
+        self.events = events
+        self.group = GroupCommit(events)
         self.spool = spool
 
     async def record(self, event: Event) -> Recorded:
         """Durable in Redis or in the spool, or ``OSError`` (then nobody has it: answer 503)."""
         if job_for(event) is None:
             return Recorded("ignored")
+        event_id = keys.event_job_id(event.identity)
         if not self.spool.backlog:
             try:
-                return await self.recorder.record(event)
+                new = await self.group.append(event)
+                return Recorded("accepted" if new else "duplicate", event_id)
             except REDIS_ERRORS as error:
                 log.error("Redis unavailable (%s): spooling", type(error).__name__, extra={"room_id": event.room_id})
         await run_in_threadpool(self.spool.append, event.to_dict())
-        return Recorded("accepted", spooled=True)
+        return Recorded("accepted", event_id, spooled=True)
 
     async def replay(self) -> int:
         """Move every claimable spool file into Redis; returns the events replayed. Stops at the first failure."""
@@ -47,9 +61,9 @@ class Intake:
         paths = await run_in_threadpool(self.spool.claim)
         try:
             for path in paths:
-                for entry in self.spool.entries(path):
-                    recorded = await self.recorder.record(event_from_dict(entry))
-                    replayed += recorded.outcome == "accepted"
+                entries = [event_from_dict(entry) for entry in self.spool.entries(path)]
+                for start in range(0, len(entries), REPLAY_GROUP):
+                    replayed += sum(await self.events.append(entries[start : start + REPLAY_GROUP]))
                 self.spool.finish(path)
                 log.warning("spool %s replayed into Redis", path.name)
         finally:

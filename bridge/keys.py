@@ -15,6 +15,36 @@ def event_job_id(identity: str) -> str:
     return f"ev-{identity}"
 
 
+def events() -> str:
+    """The event log: one JSON line per accepted webhook, oldest first, read by ``process_events`` jobs."""
+    return f"{PREFIX}events"
+
+
+def events_pending() -> str:
+    """Set while a ``process_events`` job is queued: later events ride on it instead of making another."""
+    return f"{PREFIX}events:pending"
+
+
+def events_job_template() -> str:
+    """The RQ job hash of a ``process_events`` job, copied by the append script for each new job."""
+    return f"{PREFIX}events:job-template"
+
+
+def events_job_sequence() -> str:
+    """Counter that numbers ``process_events`` jobs."""
+    return f"{PREFIX}events:job-seq"
+
+
+def events_batch(owner: str) -> str:
+    """Lines a job has claimed from the log and not finished yet."""
+    return f"{PREFIX}events:batch:{owner}"
+
+
+def events_batches() -> str:
+    """Sorted set of batch owners by claim time, so a batch whose job was lost can be returned to the log."""
+    return f"{PREFIX}events:batches"
+
+
 def budget_window(route: str) -> str:
     """Sliding window (sorted set of call times) of the Rocket.Chat call budget for one route."""
     return f"{PREFIX}budget:{route}"
@@ -180,3 +210,4 @@ def load_rebuild_lock() -> str:
 def pending_agents() -> str:
     """Set of agents that ever had a pending reservation (bounded by the team), so counts need no key scan."""
     return f"{PREFIX}pending-agents"
+

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from bridge.settings import Settings
 
 # Extra fields code may attach with ``logger.info(..., extra={...})``; they become JSON keys or ``k=v`` pairs.
-CONTEXT_FIELDS = ("event", "room_id", "job_id", "outcome", "status", "agent_id", "route", "detail")
+CONTEXT_FIELDS = ("event", "room_id", "event_id", "job_id", "outcome", "status", "agent_id", "route", "detail")
 MASK = "********"
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import redis
+from redis.lock import Lock
 
 from bridge import endpoints, keys
 from bridge.decisions import DecisionLog
@@ -45,6 +47,17 @@ log = logging.getLogger("bridge.router")
 OFFLINE_ERRORS = frozenset({"error-agent-status-service-offline", "error-user-is-offline", "error-invalid-agent"})
 CLAIM_SECONDS = 30
 MAX_TAKE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A chat with a slot reserved on an agent, ready to be taken."""
+
+    chat: WaitingChat
+    choice: Choice
+    agent_id: str
+    resumed: bool  # the reservation was ours already: an earlier attempt may have taken it
+    attempts: list[dict[str, Any]]
 
 
 class Router:
@@ -69,11 +82,28 @@ class Router:
         self.metrics = metrics
         self.waiting = WaitingQueue(connection)
         self.decisions = DecisionLog(connection, settings.decision_retention_seconds)
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- entry points ---------------------------------------------------------------------------------
 
     def chat_queued(self, chat: ChatQueued) -> str:
-        added = self.waiting.add(
+        added = self.enqueue(chat)
+        outcome = self.drain([chat.department_id])
+        return f"chat {chat.room_id} {'entered' if added else 'was already in'} the queue; {outcome}"
+
+    def served_elsewhere(self, room_id: str, agent_id: str) -> None:
+        """A taken/forwarded webhook says who serves the room: it leaves the queue, with a decision saying so
+        unless a router holds the room's claim (that router is mid-take and records its own outcome)."""
+        chat = self.waiting.remove(room_id)
+        if chat is None or self.connection.exists(keys.routing_claim(room_id)):
+            return
+        ours = chat.reserved_for == agent_id
+        detail = f"served by {agent_id} (taken webhook{': our take was applied after it timed out' if ours else ''})"
+        self._record(chat, "served", detail, None, None, [], agent_id)
+
+    def enqueue(self, chat: ChatQueued) -> bool:
+        """Put a queued chat in the routing queue (False if it was there already); routing it is ``drain``'s."""
+        return self.waiting.add(
             WaitingChat(
                 room_id=chat.room_id,
                 department_id=chat.department_id,
@@ -81,89 +111,161 @@ class Router:
                 visitor_id=chat.visitor_id,
             )
         )
-        outcome = self.drain([chat.department_id])
-        return f"chat {chat.room_id} {'entered' if added else 'was already in'} the queue; {outcome}"
 
     def drain(self, departments: Iterable[str | None] | None = None) -> str:
         """Route every waiting chat that can be routed now, department by department, in queue order."""
         if not self.settings.rocketchat_url:
             return f"Rocket.Chat is not configured (ROCKETCHAT_URL): {self.waiting.count()} waiting"
         self.ensure_load_known()
+        self.rocketchat()  # made here, once, not by the first of several take threads
         routed = 0
         listing: list[Listing] = []  # fetched once per drain, on first need
         for department in list(departments) if departments is not None else self.waiting.departments():
-            for room_id in self.waiting.room_ids(department):
-                outcome = self._route_claimed(room_id, listing)
-                routed += outcome == "routed"
-                if outcome == "no-capacity":
-                    break  # the chats behind it in this department have the same candidates
+            routed += self._drain_department(department, listing).count("routed")
         return f"routed {routed}, {self.waiting.count()} waiting"
+
+    def _drain_department(self, department: str | None, listing: list[Listing]) -> list[str]:
+        """Choose and reserve in queue order, here; take in up to ``routing_concurrency`` threads.
+
+        Reserving in order keeps the queue's order where capacity is short (the first chat gets the last free
+        slot); the takes, each a Rocket.Chat round trip, overlap. The first failure is raised once every take
+        started has finished, so a retried job finds no take of ours still in flight.
+        """
+        outcomes: list[str] = []
+        running: list[Future[str]] = []
+        try:
+            for room_id in self.waiting.room_ids(department):
+                claim = self._claim(room_id)
+                if claim is None:
+                    continue
+                try:
+                    step = self._reserve_step(room_id, listing, None, [])
+                except BaseException:
+                    self._release_claim(claim, room_id)
+                    raise
+                if isinstance(step, str):
+                    outcome = self._settle(claim, room_id, step)
+                    outcomes.append(outcome)
+                    if outcome == "no-capacity":
+                        break  # the chats behind it in this department have the same candidates
+                    continue
+                running.append(self._pool().submit(self._complete, claim, step, listing))
+                if sum(not future.done() for future in running) >= self.settings.routing_concurrency:
+                    wait(running, return_when=FIRST_COMPLETED)
+        finally:
+            failure = None
+            for future in running:
+                try:
+                    outcomes.append(future.result())
+                except Exception as error:  # noqa: PERF203 - each take's own failure
+                    failure = failure or error
+        if failure is not None:
+            raise failure
+        return outcomes
 
     # -- one chat -------------------------------------------------------------------------------------
 
-    def _route_claimed(self, room_id: str, listing: list[Listing]) -> str:
-        claim = self.connection.lock(keys.routing_claim(room_id), timeout=CLAIM_SECONDS, blocking=False)
-        if not claim.acquire():
-            self.connection.set(keys.recheck(room_id), "1", ex=CLAIM_SECONDS)
-            return "claimed"
+    def _claim(self, room_id: str) -> Lock | None:
+        """One router per room at a time; a router that finds the room claimed asks its holder to look again."""
+        claim = self.connection.lock(
+            keys.routing_claim(room_id), timeout=CLAIM_SECONDS, blocking=False, thread_local=False
+        )
+        if claim.acquire():
+            return claim
+        self.connection.set(keys.recheck(room_id), "1", ex=CLAIM_SECONDS)
+        return None
+
+    def _release_claim(self, claim: Lock, room_id: str) -> None:
         try:
-            while True:
-                outcome = self._route(room_id, listing)
-                # Capacity may have appeared while we held the claim and another router skipped this room.
-                if outcome in ("no-capacity", "waiting") and self.connection.getdel(keys.recheck(room_id)):
-                    listing.clear()
-                    continue
-                return outcome
+            claim.release()
+        except redis.exceptions.LockError:
+            log.warning("routing claim on %s expired before release", room_id, extra={"room_id": room_id})
+
+    def _complete(self, claim: Lock, step: Reserved, listing: list[Listing]) -> str:
+        try:
+            return self._settle(claim, step.chat.room_id, self._take_step(step, listing), release=False)
         finally:
-            try:
-                claim.release()
-            except redis.exceptions.LockError:
-                log.warning("routing claim on %s expired before release", room_id, extra={"room_id": room_id})
+            self._release_claim(claim, step.chat.room_id)
+
+    def _settle(self, claim: Lock, room_id: str, outcome: str, release: bool = True) -> str:
+        """Capacity may have appeared while we held the claim and another router skipped this room: look again."""
+        try:
+            while outcome in ("no-capacity", "waiting") and self.connection.getdel(keys.recheck(room_id)):
+                outcome = self._route(room_id, [])
+            return outcome
+        finally:
+            if release:
+                self._release_claim(claim, room_id)
+
+    def _route_claimed(self, room_id: str, listing: list[Listing]) -> str:
+        claim = self._claim(room_id)
+        if claim is None:
+            return "claimed"
+        return self._settle(claim, room_id, self._route(room_id, listing))
 
     def _route(self, room_id: str, listing: list[Listing]) -> str:
-        chat = self.waiting.get(room_id)
+        step = self._reserve_step(room_id, listing, None, [])
+        return step if isinstance(step, str) else self._take_step(step, listing)
+
+    def _reserve_step(
+        self, room_id: str, listing: list[Listing], chat: WaitingChat | None, attempts: list[dict[str, Any]]
+    ) -> Reserved | str:
+        """Choose an agent for the chat and reserve a slot atomically; an outcome when there is nothing to take."""
+        chat = chat or self.waiting.get(room_id)
         if chat is None:
             return "gone"
-        rc = self.rocketchat()
-        if chat.inquiry_id is None:
-            found = self._find_inquiry(rc, chat)
-            if isinstance(found, str):
-                return found
-            chat = found
         if not listing:
             listing.append(self.directory.agents())
-        policy = self.policy(chat.department_id)
-        attempts: list[dict[str, Any]] = []
-        for _ in range(MAX_TAKE_ATTEMPTS):
-            choice = choose(
-                listing[0].agents,
-                self.load.counts(),
-                self.load.last_assigned(),
-                self._request(chat, listing[0]),
-                policy,
-                self.clock(),
+        choice = choose(
+            listing[0].agents,
+            self.load.counts(),
+            self.load.last_assigned(),
+            self._request(chat, listing[0]),
+            self.policy(chat.department_id),
+            self.clock(),
+        )
+        reservation = self.load.reserve(room_id, [(c.id, c.capacity) for c in choice.ranked])
+        self._count_reservation(reservation.outcome)
+        if reservation.outcome == "closed":
+            return self._leave(chat, "closed", "the room was closed", choice, listing[0], attempts)
+        if reservation.outcome == "already" and reservation.agent_id != chat.reserved_for:
+            return self._leave(
+                chat,
+                "served",
+                f"served by {reservation.agent_id} (taken webhook)",
+                choice,
+                listing[0],
+                attempts,
+                agent_id=reservation.agent_id,
             )
-            reservation = self.load.reserve(room_id, [(c.id, c.capacity) for c in choice.ranked])
-            self._count_reservation(reservation.outcome)
-            if reservation.outcome == "closed":
-                return self._leave(chat, "closed", "the room was closed", choice, listing[0], attempts)
-            if reservation.outcome == "already" and reservation.agent_id != chat.reserved_for:
-                return self._leave(
-                    chat,
-                    "served",
-                    f"served by {reservation.agent_id} (taken webhook)",
-                    choice,
-                    listing[0],
-                    attempts,
-                    agent_id=reservation.agent_id,
-                )
-            if reservation.outcome == "full":
-                return self._wait(chat, choice, listing[0], attempts)
-            agent_id = reservation.agent_id or ""
-            resumed = reservation.outcome == "already"
-            chat = replace(chat, reserved_for=agent_id, attempts=chat.attempts + 1)
-            self.waiting.update(chat)
-            result = self._take(rc, chat, agent_id, resumed)
+        if reservation.outcome == "full":
+            return self._wait(chat, choice, listing[0], attempts)
+        agent_id = reservation.agent_id or ""
+        chat = replace(chat, reserved_for=agent_id, attempts=chat.attempts + 1)
+        self.waiting.update(chat)
+        return Reserved(chat, choice, agent_id, reservation.outcome == "already", attempts)
+
+    def _take_step(self, step: Reserved, listing: list[Listing]) -> str:
+        """Take the reserved chat for its agent; on a refusal, reserve the next agent and try again (a few times)."""
+        rc = self.rocketchat()
+        while True:
+            chat, choice, agent_id, attempts = step.chat, step.choice, step.agent_id, step.attempts
+            if chat.inquiry_id is None:
+                found = self._find_inquiry(rc, chat)
+                if isinstance(found, str):
+                    self.load.release(chat.room_id, agent_id)
+                    self._count_reservation("released")
+                    return found
+                chat = found
+            try:
+                result = self._take(rc, chat, agent_id, step.resumed)
+            except RocketChatUnavailable:
+                # No answer. If a taken (or closed) webhook was applied meanwhile, the truth is known already.
+                if self.waiting.get(chat.room_id) is not None:
+                    raise
+                served = self.load.agent_of(chat.room_id)
+                outcome, detail = ("served", f"served by {served} (taken webhook)") if served else ("gone", "closed")
+                return self._leave(chat, outcome, detail, choice, listing[0], attempts, agent_id=served)
             attempts.append({"agent_id": agent_id, "result": result})
             if result == "taken":
                 self._remember_visitor(chat, agent_id)
@@ -182,7 +284,17 @@ class Router:
             if result != "offline":
                 chat = replace(chat, excluded=(*chat.excluded, agent_id))
             self.waiting.update(chat)
-        return self._wait(chat, choice, listing[0], attempts)
+            if len(attempts) >= MAX_TAKE_ATTEMPTS:
+                return self._wait(chat, choice, listing[0], attempts)
+            following = self._reserve_step(chat.room_id, listing, chat, attempts)
+            if isinstance(following, str):
+                return following
+            step = following
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.settings.routing_concurrency, thread_name_prefix="take")
+        return self._executor
 
     def _find_inquiry(self, rc: RocketChat, chat: WaitingChat) -> WaitingChat | str:
         inquiry = endpoints.inquiry_for_room(rc, chat.room_id)

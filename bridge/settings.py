@@ -55,6 +55,7 @@ class Settings:
     routing_strategy: str = "least_loaded"
     strategy_by_department: tuple[tuple[str, str], ...] = ()
     default_max_chats: int = 3
+    routing_concurrency: int = 8
     previous_agent_window_seconds: int = 86_400
     api_token: Secret = field(default=Secret(""))
     external_queue_token: Secret = field(default=Secret(""))
@@ -109,6 +110,9 @@ class Settings:
             routing_strategy=reader.choice("ROUTING_STRATEGY", STRATEGIES, default=default.routing_strategy),
             strategy_by_department=reader.pairs("ROUTING_STRATEGY_BY_DEPARTMENT", STRATEGIES),
             default_max_chats=reader.integer("DEFAULT_MAX_CHATS", default=default.default_max_chats, low=0, high=1000),
+            routing_concurrency=reader.integer(
+                "ROUTING_CONCURRENCY", default=default.routing_concurrency, low=1, high=64
+            ),
             previous_agent_window_seconds=reader.integer(
                 "PREVIOUS_AGENT_WINDOW_SECONDS", default=default.previous_agent_window_seconds, low=0, high=90 * 86_400
             ),

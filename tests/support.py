@@ -65,6 +65,11 @@ class ServerThread:
         return f"http://127.0.0.1:{port}"
 
 
+def logged_events(client) -> list[dict]:
+    """The event log's lines (``bridge.eventlog``), oldest first."""
+    return [json.loads(line) for line in client.lrange("ob:events", 0, -1)]
+
+
 def recorded_keys(client) -> list[bytes]:
     """Every key in Redis but the metrics counters (which count refused requests too)."""
     return sorted(k for k in client.keys("*") if k != b"ob:metrics")

@@ -9,10 +9,11 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bridge.app import create_app
+from bridge.eventlog import PROCESS_EVENTS
 from bridge.events import parse_event
 from bridge.jobqueue import EVENT_JOBS, job_for
 from tests.conftest import WEBHOOK_TOKEN
-from tests.support import ServerThread, fixture_names, load_fixture, recorded_keys
+from tests.support import ServerThread, fixture_names, load_fixture, logged_events, recorded_keys
 
 HEADERS = {"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
 
@@ -34,22 +35,21 @@ def post(bridge, body, headers=HEADERS, **kwargs):
 
 
 @pytest.mark.parametrize("name", fixture_names())
-def test_every_fixture_is_answered_200_with_the_documented_job(bridge, queue, name):
+def test_every_fixture_is_answered_200_and_logged_for_the_documented_job(bridge, queue, redis_client, name):
     payload = load_fixture(name)
     response = post(bridge, payload)
     assert response.status_code == 200
     event = parse_event(payload)
-    expected_job = job_for(event)
     body = response.json()
-    if expected_job is None:
+    if job_for(event) is None:
         assert body == {"ok": True, "outcome": "ignored", "event": payload["type"]}
         assert queue.count == 0
+        assert logged_events(redis_client) == []
     else:
-        assert body["outcome"] == "accepted"
-        job = queue.fetch_job(body["job"])
-        assert job.func_name == expected_job
-        assert list(job.args) == [event.to_dict()]
-        assert queue.job_ids == [body["job"]]
+        assert body == {"ok": True, "outcome": "accepted", "event": payload["type"], "id": f"ev-{event.identity}"}
+        assert logged_events(redis_client) == [event.to_dict()]
+        [job_id] = queue.job_ids
+        assert queue.fetch_job(job_id).func_name == PROCESS_EVENTS
 
 
 def test_job_table_covers_every_type_rocketchat_sends():
@@ -61,17 +61,18 @@ def test_the_response_body_is_small_because_rocketchat_stores_it_on_the_room(bri
     assert len(response.content) < 200
 
 
-def test_a_redelivery_is_answered_200_and_makes_no_second_job(bridge, queue):
+def test_a_redelivery_is_answered_200_and_logged_once(bridge, queue, redis_client):
     payload = load_fixture("LivechatSessionTaken__basic")
     first, second = post(bridge, payload), post(bridge, payload)
     assert (first.status_code, second.status_code) == (200, 200)
     assert first.json()["outcome"] == "accepted"
     assert second.json()["outcome"] == "duplicate"
-    assert second.json()["job"] == first.json()["job"]
+    assert second.json()["id"] == first.json()["id"]
+    assert len(logged_events(redis_client)) == 1
     assert queue.count == 1
 
 
-def test_twenty_concurrent_copies_make_one_job(bridge, queue):
+def test_twenty_concurrent_copies_are_logged_once(bridge, queue, redis_client):
     payload = json.dumps(load_fixture("LivechatSessionQueued__basic")).encode()
 
     async def deliver_all():
@@ -82,16 +83,31 @@ def test_twenty_concurrent_copies_make_one_job(bridge, queue):
     assert [r.status_code for r in responses] == [200] * 20
     outcomes = sorted(r.json()["outcome"] for r in responses)
     assert outcomes == ["accepted"] + ["duplicate"] * 19
+    assert len(logged_events(redis_client)) == 1
     assert queue.count == 1
 
 
-def test_a_new_occurrence_of_the_same_room_makes_a_new_job(bridge, queue):
+def test_many_concurrent_distinct_events_are_all_logged_with_one_pending_job(bridge, queue, redis_client):
+    base = load_fixture("LivechatSessionQueued__basic")
+    bodies = [json.dumps({**base, "_id": f"room-{n}"}).encode() for n in range(60)]
+
+    async def deliver_all():
+        async with httpx.AsyncClient(base_url=bridge.url, headers=HEADERS) as client:
+            return await asyncio.gather(*[client.post("/webhooks/livechat", content=body) for body in bodies])
+
+    responses = asyncio.run(deliver_all())
+    assert {r.json()["outcome"] for r in responses} == {"accepted"}
+    assert sorted(line["room_id"] for line in logged_events(redis_client)) == sorted(f"room-{n}" for n in range(60))
+    assert queue.count == 1, "events that arrive while a job is pending ride on it"
+
+
+def test_a_new_occurrence_of_the_same_room_is_logged_again(bridge, queue, redis_client):
     taken = load_fixture("LivechatSessionTaken__basic")
     again = json.loads(json.dumps(taken))
     again["servedBy"]["ts"] = "2026-11-24T12:00:00.000Z"
     assert post(bridge, taken).json()["outcome"] == "accepted"
     assert post(bridge, again).json()["outcome"] == "accepted"
-    assert queue.count == 2
+    assert len(logged_events(redis_client)) == 2
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-RocketChat-Livechat-Token": "wrong"}, {"X-RocketChat-Livechat-Token": ""}])
@@ -148,7 +164,7 @@ def test_a_body_at_the_cap_is_accepted(bridge, settings):
 
 
 def test_redis_unreachable_and_no_spool_room_is_503_and_a_retry_after_it_returns_is_accepted(
-    settings, queue, redis_server
+    settings, queue, redis_server, redis_client
 ):
     payload = load_fixture("LivechatSessionQueued__basic")
     with ServerThread(create_app(settings.replace(spool_max_bytes=0))) as bridge:
@@ -162,6 +178,7 @@ def test_redis_unreachable_and_no_spool_room_is_503_and_a_retry_after_it_returns
         retried = post(bridge, payload)
     assert retried.status_code == 200
     assert retried.json()["outcome"] == "accepted"
+    assert len(logged_events(redis_client)) == 1
     assert queue.count == 1
 
 
@@ -179,3 +196,13 @@ def test_insecure_dev_mode_accepts_webhooks_without_a_token(settings, queue):
         response = post(server, load_fixture("LivechatSessionQueued__basic"), headers={})
     assert response.status_code == 200
     assert queue.count == 1
+
+
+def test_a_redis_that_lost_the_job_template_gets_it_again(bridge, queue, redis_client):
+    post(bridge, load_fixture("LivechatSessionTaken__basic"))
+    redis_client.flushall()  # a restart without persistence
+    response = post(bridge, load_fixture("LivechatSessionQueued__basic"))
+    assert response.json()["outcome"] == "accepted"
+    [job_id] = queue.job_ids
+    assert queue.fetch_job(job_id).func_name == PROCESS_EVENTS
+    assert [line["type"] for line in logged_events(redis_client)] == ["LivechatSessionQueued"]

@@ -231,3 +231,20 @@ def test_status_shows_agents_load_waiting_chats_and_decisions(
     assert "offline" in screen and "not available for livechat" in screen
     assert "chats waiting: 1" in screen
     assert screen.count(" routed ") == 5 and " waiting " in screen
+
+
+def test_takes_in_parallel_fill_capacity_exactly_and_in_queue_order(rc_settings, rc_state, team, redis_client):
+    settings = rc_settings.replace(routing_concurrency=8)
+    with ServerThread(create_app(settings)) as bridge:
+        rooms = []
+        for _ in range(12):  # sales capacity: ana 2 + bo 3 = 5
+            room, _ = rc_state.open_chat(department=SALES)
+            deliver(bridge, queued_webhook(rc_state, room))
+            rooms.append(room)
+    route(settings, redis_client)
+    served = [served_by(rc_state, room) for room in rooms]
+    assert served[:5].count(team["ana"]) == 2 and served[:5].count(team["bo"]) == 3, "the first five, by arrival"
+    assert served[5:] == [None] * 7
+    assert LoadBook(redis_client).counts() == {team["ana"]: 2, team["bo"]: 3}
+    takes = [r for r in rc_state.requests() if r.path == "/api/v1/livechat/inquiries.take"]
+    assert [r.status for r in takes] == [200] * 5

@@ -10,6 +10,7 @@ from rq.job import Job, JobStatus
 
 from bridge.app import create_app
 from bridge.jobqueue import enqueue, make_queue
+from bridge.load import LoadBook
 from tests.conftest import WEBHOOK_TOKEN
 from tests.support import ServerThread, load_fixture, wait_for
 from workers.worker import build_worker
@@ -17,22 +18,26 @@ from workers.worker import build_worker
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_jobs_made_by_webhooks_run_on_the_worker(settings, redis_client):
+def test_events_logged_by_webhooks_are_applied_by_the_worker(settings, redis_client):
     with ServerThread(create_app(settings)) as bridge:
-        ids = [
-            httpx.post(
+        for name in ("LivechatSessionQueued__basic", "LivechatSessionTaken__basic"):
+            answer = httpx.post(
                 f"{bridge.url}/webhooks/livechat",
                 json=load_fixture(name),
                 headers={"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN},
-            ).json()["job"]
-            for name in ("LivechatSessionQueued__basic", "LivechatSession__closed_by_agent")
-        ]
+            )
+            assert answer.json()["outcome"] == "accepted"
+    queue = make_queue(settings, redis_client)
+    [job_id] = queue.job_ids
     worker = build_worker(settings, redis_client)
     assert worker.work(burst=True)
-    for job_id in ids:
-        job = Job.fetch(job_id, connection=redis_client, serializer=make_queue(settings, redis_client).serializer)
-        assert job.get_status() == JobStatus.FINISHED
-        assert job.return_value()
+    job = Job.fetch(job_id, connection=redis_client, serializer=queue.serializer)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value().startswith("2 event(s) applied")
+    assert redis_client.llen("ob:events") == 0
+    assert redis_client.keys("ob:events:batch:*") == []
+    taken = load_fixture("LivechatSessionTaken__basic")
+    assert LoadBook(redis_client).agent_of(taken["_id"]) == taken["servedBy"]["_id"]
 
 
 @pytest.fixture

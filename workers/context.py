@@ -18,6 +18,7 @@ from rq import Queue
 from bridge.budget import CallBudget
 from bridge.cache import SharedCache
 from bridge.directory import AgentDirectory
+from bridge.eventlog import EventBatches
 from bridge.jobqueue import make_queue
 from bridge.load import LoadBook
 from bridge.metrics import Metrics
@@ -49,6 +50,10 @@ class WorkerContext:
             on_outcome=lambda name, outcome: self.metrics.inc("omnibridge_directory_lookups", outcome=outcome),
         )
         return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
+
+    @cached_property
+    def batches(self) -> EventBatches:
+        return EventBatches(self.redis)
 
     @cached_property
     def answers(self) -> AnswerWatch:

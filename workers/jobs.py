@@ -3,52 +3,109 @@
 from __future__ import annotations
 
 import logging
+import uuid
+
+from rq import get_current_job
 
 from bridge import keys
 from bridge.errors import RocketChatError
-from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, MessageSent, event_from_dict
+from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, Event, MessageSent, event_from_dict
 from workers.context import WorkerContext, current
 
 log = logging.getLogger("workers.jobs")
 
 
+def process_events() -> str:
+    """Apply the event log in batches (``bridge.eventlog``), then route what the batch made routable."""
+    ctx = current()
+    job = get_current_job()
+    ctx.redis.delete(keys.events_pending())  # from now on, a new event makes a new job (no lost wake-up)
+    return apply_log(ctx, job.id if job is not None else f"inline-{uuid.uuid4().hex}")
+
+
+def apply_log(ctx: WorkerContext, owner: str) -> str:
+    """Claim, apply and finish batches until the log is empty; drain the routing queue after each batch.
+
+    A Rocket.Chat failure while routing does not stop the events from being applied (they are in Redis either
+    way); it is raised at the end so that RQ retries the job and the routing with it.
+    """
+    applied, outcomes, failure = 0, [], None
+    while lines := ctx.batches.claim(owner):
+        effects = Effects()
+        for line in lines:
+            apply_event(ctx, event_from_dict(line), effects)
+        ctx.batches.finish(owner)
+        applied += len(lines)
+        try:
+            outcomes.append(route_after(ctx, effects))
+        except RocketChatError as error:
+            failure = error
+    if failure is not None:
+        raise failure
+    return f"{applied} event(s) applied; " + ("; ".join(outcomes) or "nothing to route")
+
+
+class Effects:
+    """What a batch of events changed: departments with new chats, and whether capacity was freed anywhere."""
+
+    def __init__(self) -> None:
+        self.departments: set[str | None] = set()
+        self.freed = False
+
+
+def apply_event(ctx: WorkerContext, event: Event, effects: Effects) -> str:
+    """Apply one event to Redis's state (idempotent: applying it twice changes nothing more). No routing here."""
+    if isinstance(event, ChatQueued):
+        added = ctx.router.enqueue(event)
+        effects.departments.add(event.department_id)
+        return f"chat {event.room_id} {'entered' if added else 'was already in'} the queue"
+    if isinstance(event, ChatClosed):
+        previous = ctx.load.close(event.room_id)
+        ctx.router.waiting.remove(event.room_id)
+        ctx.answers.stop(event.room_id)
+        effects.freed = effects.freed or previous is not None
+        return f"room {event.room_id} closed; released from agent {previous or '(none)'}"
+    if isinstance(event, ChatTaken | ChatForwarded):
+        if event.agent is None:
+            return f"room {event.room_id}: no agent in {event.TYPE}, load unchanged"
+        previous = ctx.load.assign(event.room_id, event.agent.id)
+        ctx.router.served_elsewhere(event.room_id, event.agent.id)
+        ctx.answers.start(event.room_id, event.agent.id, event.department_id)
+        effects.freed = effects.freed or bool(previous and previous != event.agent.id)
+        return f"room {event.room_id} served by {event.agent.id} (was {previous or 'nobody'})"
+    if isinstance(event, MessageSent) and event.agent_id:
+        ctx.answers.replied(event.room_id, event.agent_id)
+        return f"agent {event.agent_id} answered in room {event.room_id}"
+    return f"{event.TYPE} for room {event.room_id}: nothing to apply"
+
+
+def route_after(ctx: WorkerContext, effects: Effects) -> str:
+    if effects.freed:
+        return ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
+    if effects.departments:
+        return ctx.router.drain(sorted(effects.departments, key=lambda d: d or ""))
+    return "nothing to route"
+
+
 def route_chat(event: dict) -> str:
-    """``LivechatSessionQueued``: put the chat in the routing queue and route what can be routed now."""
-    chat = event_from_dict(event)
-    assert isinstance(chat, ChatQueued)
-    return current().router.chat_queued(chat)
+    """A job of its own per ``LivechatSessionQueued`` before the event log (jobs left by that version)."""
+    return _apply_one(event)
 
 
 def update_load(event: dict) -> str:
-    """``LivechatSessionTaken`` / ``Forwarded`` / ``LivechatSession``: move the room between agents' counts.
-
-    Idempotent: the load book records which agent serves which room, so a second run changes nothing. A served
-    chat leaves the routing queue (whoever took it); a closed one frees capacity, so waiting chats are routed.
-    """
-    change = event_from_dict(event)
-    ctx = current()
-    if isinstance(change, ChatClosed):
-        previous = ctx.load.close(change.room_id)
-        ctx.router.waiting.remove(change.room_id)
-        ctx.answers.stop(change.room_id)
-        routed = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
-        return f"room {change.room_id} closed; released from agent {previous or '(none)'}; {routed}"
-    if isinstance(change, ChatTaken | ChatForwarded) and change.agent is not None:
-        previous = ctx.load.assign(change.room_id, change.agent.id)
-        ctx.router.waiting.remove(change.room_id)
-        ctx.answers.start(change.room_id, change.agent.id, change.department_id)
-        freed = previous and previous != change.agent.id
-        routed = ctx.router.drain() if freed and ctx.router.waiting.count() else "no capacity freed"
-        return f"room {change.room_id} served by {change.agent.id} (was {previous or 'nobody'}); {routed}"
-    return f"room {change.room_id}: no agent in {change.TYPE}, load unchanged"
+    """A job of its own per taken/forwarded/closed event before the event log (jobs left by that version)."""
+    return _apply_one(event)
 
 
 def agent_message(event: dict) -> str:
-    """An agent ``Message``: the agent answered, so the room's no-answer clock stops."""
-    message = event_from_dict(event)
-    assert isinstance(message, MessageSent) and message.agent_id
-    current().answers.replied(message.room_id, message.agent_id)
-    return f"agent {message.agent_id} answered in room {message.room_id}"
+    """A job of its own per agent ``Message`` before the event log (jobs left by that version)."""
+    return _apply_one(event)
+
+
+def _apply_one(event: dict) -> str:
+    ctx, effects = current(), Effects()
+    outcome = apply_event(ctx, event_from_dict(event), effects)
+    return f"{outcome}; {route_after(ctx, effects)}"
 
 
 def drain() -> str:
@@ -84,6 +141,7 @@ def tick() -> str:
     bridge missed, re-route unanswered chats, and check the load against Rocket.Chat when due."""
     ctx = current()
     ctx.redis.delete(keys.tick_pending())
+    _catch_up_events(ctx)
     if not ctx.settings.rocketchat_url:
         return ctx.router.drain()
     try:
@@ -93,6 +151,18 @@ def tick() -> str:
         level = logging.WARNING if error.transient else logging.ERROR
         log.log(level, "tick: %s", error)
         return f"tick stopped: {error}"
+
+
+def _catch_up_events(ctx: WorkerContext) -> None:
+    """The safety net of the event log: return batches whose job was lost, and apply a log no job will read."""
+    returned = ctx.batches.sweep()
+    if returned:
+        log.warning("tick: %d event(s) of a lost batch returned to the event log", returned)
+    if ctx.batches.backlog() and not ctx.redis.exists(keys.events_pending()):
+        try:
+            log.info("tick: %s", apply_log(ctx, f"tick-{uuid.uuid4().hex}"))
+        except RocketChatError as error:
+            log.warning("tick: events applied, routing stopped: %s", error)
 
 
 def _tick(ctx: WorkerContext) -> str:
