@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from bridge.api import api_routes
 from bridge.bodies import BodyTooLarge, answer, decode_json, read_body, token_matches
+from bridge.dashboard import dashboard_routes
 from bridge.errors import InvalidEvent
 from bridge.eventlog import EventLog
 from bridge.events import parse_event
@@ -152,6 +153,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *api_routes(settings, sync_connection),
+            *dashboard_routes(settings, sync_connection),
         ],
         exception_handlers={Exception: unexpected_error},
         lifespan=lifespan,

@@ -211,3 +211,7 @@ def pending_agents() -> str:
     """Set of agents that ever had a pending reservation (bounded by the team), so counts need no key scan."""
     return f"{PREFIX}pending-agents"
 
+
+def timeline(bucket_start: int) -> str:
+    """Hash: chats routed and the sum of their waits in one time bucket (epoch seconds of its start), expiring."""
+    return f"{PREFIX}timeline:{bucket_start}"

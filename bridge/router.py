@@ -40,6 +40,7 @@ from bridge.noanswer import AnswerWatch
 from bridge.rocketchat import RocketChat
 from bridge.routing import Choice, Policy, Request, choose
 from bridge.settings import Settings
+from bridge.timeline import record_routed
 from bridge.waiting import NO_PRIORITY, WaitingChat, WaitingQueue
 
 log = logging.getLogger("bridge.router")
@@ -455,6 +456,8 @@ class Router:
         if listing is not None:
             decision["directory"] = {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)}
         self.decisions.record(chat.room_id, decision)
+        if outcome == "routed":
+            record_routed(self.connection, decision["waited_seconds"], self.clock())
         if self.metrics is not None:
             self.metrics.inc("omnibridge_routing_decisions", kind="chat", outcome=outcome)
             if outcome == "routed":
