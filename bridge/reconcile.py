@@ -53,6 +53,9 @@ def reconcile_load(rc: RocketChat, load: LoadBook, grace_seconds: float = GRACE_
     return f"load checked: {len(actual)} open rooms, {len(agent_ids)} agents: {added} rooms added, {released} released"
 
 
+YOUNG_SECONDS = 10.0
+
+
 def recover_queued(rc: RocketChat, router: Router) -> str:
     """Route queued inquiries the bridge does not know of: the safety net for lost ``LivechatSessionQueued`` webhooks.
 
@@ -82,9 +85,13 @@ def recover_queued(rc: RocketChat, router: Router) -> str:
         )
         if router.waiting.add(chat):
             recovered += 1
-            log.warning(
-                "queued inquiry %s was unknown to the bridge (webhook lost?): routing it",
+            # A chat queued moments ago is usually one whose webhook is still on its way (or in the event log).
+            young = router.clock() - chat.queued_at < YOUNG_SECONDS
+            log.log(
+                logging.INFO if young else logging.WARNING,
+                "queued inquiry %s was unknown to the bridge (%s): routing it",
                 inquiry_id,
+                "queued moments ago, its webhook is probably on its way" if young else "webhook lost?",
                 extra={"room_id": room_id},
             )
     outcome = router.drain() if recovered else "nothing to recover"

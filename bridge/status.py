@@ -50,9 +50,13 @@ def snapshot(
         "at": round(now, 3),
         **_agents(settings, connection),
         "waiting": _waiting(connection, now, waiting),
-        "decisions": [
+        "decisions": [  # newest first by time: parallel takes may record a moment out of order
             {**decision, "ago": round(max(0.0, now - float(decision.get("at", now))), 1)}
-            for decision in DecisionLog(connection, settings.decision_retention_seconds).recent(decisions)
+            for decision in sorted(
+                DecisionLog(connection, settings.decision_retention_seconds).recent(decisions),
+                key=lambda d: float(d.get("at", 0)),
+                reverse=True,
+            )
         ],
         "timeline": {
             "bucket_seconds": timeline.BUCKET_SECONDS,

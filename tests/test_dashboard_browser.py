@@ -9,6 +9,7 @@ always match), with Selenium told the driver's path so it downloads nothing. Wit
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import time
@@ -190,3 +191,29 @@ def test_the_live_view_shows_agents_and_decisions_and_follows_routing(browser, r
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(screenshot))
     report(f"live view screenshot: {screenshot}")
+
+
+@pytest.mark.slow
+def test_the_live_view_of_omnibridge_up_shows_the_sandbox_being_routed(browser, tmp_path):
+    """The README's first command, as a newcomer runs it: no Rocket.Chat, no Redis; the page it prints."""
+    from tests.processes import free_port
+    from tests.test_sandbox_up import Running, run_env
+
+    port = free_port()
+    running = Running(["up", "--port", str(port), "--rate", "120", "--seed", "3"], run_env(LOG_LEVEL="WARNING"))
+    try:
+        found = wait_for(
+            lambda: running.alive() and re.search(r"live view: (http://\S+/\?token=\S+)", running.output), timeout=30
+        )
+        browser.get(found.group(1))
+        first = shown(browser, lambda seen: len(seen["agents"]) == 6 and rooms(seen), "agents and a routed chat", 60)
+        assert set(first["agents"]) == {"ana", "bo", "cy", "dee", "eve", "fay"}
+        later = shown(browser, lambda seen: rooms(seen) - rooms(first), "chats routed after the first look", 60)
+        assert later["updates"] > first["updates"]
+        assert all(url.startswith(f"http://127.0.0.1:{port}") for url in later["resources"]), later["resources"]
+        screenshot = Path(os.environ.get("DASHBOARD_UP_SCREENSHOT") or tmp_path / "live-view-up.png")
+        assert browser.save_screenshot(str(screenshot))
+        report(f"live view of omnibridge up: {screenshot}")
+    finally:
+        status = running.stop()
+    assert status == 0, running.output
