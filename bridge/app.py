@@ -87,11 +87,12 @@ def create_app(settings: Settings) -> Starlette:
                 503, ok=False, error="cannot record the event now (Redis and spool unavailable); retry later"
             )
             return failed, event.TYPE
-        log.info(
-            "webhook %s",
-            recorded.outcome,
-            extra={"event": event.TYPE, "room_id": event.room_id, "event_id": recorded.event_id, "status": 200},
-        )
+        if log.isEnabledFor(logging.INFO):  # the hot path: skip building the record when it is not written
+            log.info(
+                "webhook %s",
+                recorded.outcome,
+                extra={"event": event.TYPE, "room_id": event.room_id, "event_id": recorded.event_id, "status": 200},
+            )
         body: dict[str, Any] = {"ok": True, "outcome": recorded.outcome, "event": event.TYPE}
         if recorded.event_id:
             body["id"] = recorded.event_id

@@ -147,18 +147,21 @@ class EventLog:
         self.template = job_template(settings)
         self.queue_key = make_queue(settings, redis.Redis()).key
 
-    async def append(self, events: list[Event]) -> list[bool]:
-        """True for each event that is new (now in the log), False for each already recorded (a redelivery)."""
-        answers = await self._call(events)
+    async def append(self, events: list[Event], identities: list[str] | None = None) -> list[bool]:
+        """True for each event that is new (now in the log), False for each already recorded (a redelivery).
+
+        ``identities``: the events' ``identity``, when the caller has computed them already (a digest each)."""
+        seen = [keys.seen(identity) for identity in identities or [event.identity for event in events]]
+        answers = await self._call(events, seen)
         if answers == [NO_TEMPLATE]:
             await self.write_template()
-            answers = await self._call(events)
+            answers = await self._call(events, seen)
         return [bool(answer) for answer in answers]
 
     async def write_template(self) -> None:
         await self.connection.hset(keys.events_job_template(), mapping=self.template)
 
-    async def _call(self, events: list[Event]) -> list[int]:
+    async def _call(self, events: list[Event], seen: list[str]) -> list[int]:
         return await self.script(
             keys=[
                 keys.events(),
@@ -167,7 +170,7 @@ class EventLog:
                 keys.events_job_sequence(),
                 self.queue_key,
                 Queue.redis_queues_keys,
-                *(keys.seen(event.identity) for event in events),
+                *seen,
             ],
             args=[
                 self.settings.dedupe_ttl_seconds,
@@ -189,12 +192,12 @@ class GroupCommit:
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
-        self._waiting: list[tuple[Event, asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[Event, str, asyncio.Future[bool]]] = []
         self._writing = False
 
-    async def append(self, event: Event) -> bool:
+    async def append(self, event: Event, identity: str) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((event, future))
+        self._waiting.append((event, identity, future))
         if not self._writing:
             self._writing = True
             asyncio.get_running_loop().create_task(self._write())
@@ -205,15 +208,15 @@ class GroupCommit:
             while self._waiting:
                 group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
                 try:
-                    answers = await self.log.append([event for event, _ in group])
+                    answers = await self.log.append([e for e, _, _ in group], [i for _, i, _ in group])
                 except BaseException as error:  # every caller of the group learns of it (and spools its event)
-                    for _, future in group:
+                    for _, _, future in group:
                         if not future.done():
                             future.set_exception(error)
                     if not isinstance(error, Exception):
                         raise
                     continue
-                for (_, future), answer in zip(group, answers, strict=True):
+                for (_, _, future), answer in zip(group, answers, strict=True):
                     if not future.done():
                         future.set_result(answer)
         finally:

@@ -11,10 +11,11 @@ body, so they share an identity; a genuinely new occurrence (the room taken agai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from bridge.errors import InvalidEvent, UnknownEventType
@@ -44,8 +45,16 @@ class Event:
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form, for job arguments."""
-        return {"type": self.TYPE, **asdict(self)}
+        """JSON-safe form, for the event log (shallow: fields are plain values or an ``AgentRef``)."""
+        data: dict[str, Any] = {"type": self.TYPE}
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            if isinstance(value, AgentRef):
+                value = {"id": value.id, "username": value.username}
+            elif isinstance(value, list | tuple | dict):
+                return {"type": self.TYPE, **asdict(self)}  # nested values: the general, slower copy
+            data[name] = value
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +394,11 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         if isinstance(values.get(key), dict):
             values[key] = AgentRef(**values[key])
     return cls(**values)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _is_unicode(text: str) -> bool:

@@ -45,10 +45,11 @@ class Intake:
         """Durable in Redis or in the spool, or ``OSError`` (then nobody has it: answer 503)."""
         if job_for(event) is None:
             return Recorded("ignored")
-        event_id = keys.event_job_id(event.identity)
+        identity = event.identity
+        event_id = keys.event_job_id(identity)
         if not self.spool.backlog:
             try:
-                new = await self.group.append(event)
+                new = await self.group.append(event, identity)
                 return Recorded("accepted" if new else "duplicate", event_id)
             except REDIS_ERRORS as error:
                 log.error("Redis unavailable (%s): spooling", type(error).__name__, extra={"room_id": event.room_id})

@@ -11,6 +11,7 @@ Gauges (chats waiting, RQ jobs by state) are read from Redis when scraped, not c
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -47,6 +48,12 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
+def _field(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """The hash field of one series (cached: the same few series are counted on every request)."""
+    return json.dumps([name, dict(labels)], sort_keys=True, separators=(",", ":"))
+
+
 class Metrics:
     def __init__(self, connection: redis.Redis, auto_flush: bool = True) -> None:
         self.connection = connection
@@ -58,7 +65,7 @@ class Metrics:
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         if name not in COUNTERS:
             raise KeyError(f"unknown metric {name}")
-        self._add(json.dumps([name, labels], sort_keys=True, separators=(",", ":")), amount)
+        self._add(_field(name, tuple(sorted(labels.items()))), amount)
 
     def observe(self, name: str, value: float) -> None:
         _, buckets = HISTOGRAMS[name]

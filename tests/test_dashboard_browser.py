@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -205,6 +206,7 @@ def test_the_live_view_of_omnibridge_up_shows_the_sandbox_being_routed(browser, 
         found = wait_for(
             lambda: running.alive() and re.search(r"live view: (http://\S+/\?token=\S+)", running.output), timeout=30
         )
+        wait_for(lambda: running.alive() and _ready(f"http://127.0.0.1:{port}/readyz"), timeout=30, interval=0.2)
         browser.get(found.group(1))
         first = shown(browser, lambda seen: len(seen["agents"]) == 6 and rooms(seen), "agents and a routed chat", 60)
         assert set(first["agents"]) == {"ana", "bo", "cy", "dee", "eve", "fay"}
@@ -217,3 +219,10 @@ def test_the_live_view_of_omnibridge_up_shows_the_sandbox_being_routed(browser, 
     finally:
         status = running.stop()
     assert status == 0, running.output
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -64,16 +64,16 @@ def test_concurrent_appends_share_calls_and_each_gets_its_own_answer(settings, r
     calls = []
 
     class Counting(EventLog):
-        async def append(self, events):
+        async def append(self, events, identities=None):
             calls.append(len(events))
-            return await super().append(events)
+            return await super().append(events, identities)
 
     async def go():
         client = redis.asyncio.Redis.from_url(settings.redis_url)
         group = GroupCommit(Counting(settings, client))
         try:
             events = [queued(f"r{n % 30}") for n in range(60)]  # every room twice
-            return await asyncio.gather(*[group.append(event) for event in events])
+            return await asyncio.gather(*[group.append(event, event.identity) for event in events])
         finally:
             await client.aclose()
 
@@ -89,7 +89,9 @@ def test_a_redis_error_reaches_every_caller_of_the_group(settings, redis_server)
         group = GroupCommit(EventLog(settings, client))
         redis_server.stop()
         try:
-            return await asyncio.gather(*[group.append(queued(f"r{n}")) for n in range(5)], return_exceptions=True)
+            return await asyncio.gather(
+                *[group.append(queued(f"r{n}"), queued(f"r{n}").identity) for n in range(5)], return_exceptions=True
+            )
         finally:
             await client.aclose()
 
