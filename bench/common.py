@@ -117,6 +117,10 @@ class Taken:
         with self.lock:
             return sum(1 for rid in rooms if rid in self.at)
 
+    def last(self, rooms: Iterable[str]) -> float:
+        with self.lock:
+            return max(self.at[rid] for rid in rooms if rid in self.at)
+
 
 class Bridge:
     """The Procfile's processes around the Rocket.Chat double, set up as bench/routing.py does.

@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from bench.common import child_env, free_port, http_ok, machine, python, spawn, stop, wait_for
+from bench.common import Taken, child_env, free_port, http_ok, machine, python, spawn, stop, wait_for
 from bridge.embedded import EmbeddedRedis
 from bridge.sandbox.server import SandboxServer
-from bridge.sandbox.state import TAKEN, SandboxState
+from bridge.sandbox.state import SandboxState
 from bridge.sandbox.webhooks import WebhookPoster
 
 TOKEN = "bench-webhook-token-91f3"
@@ -47,27 +45,6 @@ AVAILABLE = "/api/v1/omnichannel/agents/available"
 DEPARTMENT = "dept-bench"
 BOT_ROLES = ("user", "bot", "livechat-manager", "omnibridge-voip")
 PLAIN_ROLES = ("user", "livechat-manager", "omnibridge-voip")
-
-
-class Taken:
-    """A listener on the double: when each room was first taken."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.at: dict[str, float] = {}
-
-    def __call__(self, event_type: str, room: dict[str, Any]) -> None:
-        if event_type == TAKEN:
-            with self.lock:
-                self.at.setdefault(room["_id"], time.monotonic())
-
-    def count(self, rooms: list[str]) -> int:
-        with self.lock:
-            return sum(1 for rid in rooms if rid in self.at)
-
-    def last(self, rooms: list[str]) -> float:
-        with self.lock:
-            return max(self.at[rid] for rid in rooms if rid in self.at)
 
 
 class Setup:
