@@ -134,6 +134,7 @@ class Router:
         """
         outcomes: list[str] = []
         running: list[Future[str]] = []
+        in_flight: list[Future[str]] = []
         try:
             for room_id in self.waiting.room_ids(department):
                 claim = self._claim(room_id)
@@ -141,18 +142,22 @@ class Router:
                     continue
                 try:
                     step = self._reserve_step(room_id, listing, None, [])
+                    if isinstance(step, str):
+                        step = self._recheck(room_id, step)
                 except BaseException:
                     self._release_claim(claim, room_id)
                     raise
                 if isinstance(step, str):
-                    outcome = self._settle(claim, room_id, step)
-                    outcomes.append(outcome)
-                    if outcome == "no-capacity":
+                    self._release_claim(claim, room_id)
+                    outcomes.append(step)
+                    if step == "no-capacity":
                         break  # the chats behind it in this department have the same candidates
                     continue
-                running.append(self._pool().submit(self._complete, claim, step, listing))
-                if sum(not future.done() for future in running) >= self.settings.routing_concurrency:
-                    wait(running, return_when=FIRST_COMPLETED)
+                future = self._pool().submit(self._complete, claim, step, listing)
+                running.append(future)
+                in_flight = [f for f in in_flight if not f.done()] + [future]
+                if len(in_flight) >= self.settings.routing_concurrency:
+                    wait(in_flight, return_when=FIRST_COMPLETED)
         finally:
             failure = None
             for future in running:
@@ -184,25 +189,15 @@ class Router:
 
     def _complete(self, claim: Lock, step: Reserved, listing: list[Listing]) -> str:
         try:
-            return self._settle(claim, step.chat.room_id, self._take_step(step, listing), release=False)
+            return self._recheck(step.chat.room_id, self._take_step(step, listing))
         finally:
             self._release_claim(claim, step.chat.room_id)
 
-    def _settle(self, claim: Lock, room_id: str, outcome: str, release: bool = True) -> str:
+    def _recheck(self, room_id: str, outcome: str) -> str:
         """Capacity may have appeared while we held the claim and another router skipped this room: look again."""
-        try:
-            while outcome in ("no-capacity", "waiting") and self.connection.getdel(keys.recheck(room_id)):
-                outcome = self._route(room_id, [])
-            return outcome
-        finally:
-            if release:
-                self._release_claim(claim, room_id)
-
-    def _route_claimed(self, room_id: str, listing: list[Listing]) -> str:
-        claim = self._claim(room_id)
-        if claim is None:
-            return "claimed"
-        return self._settle(claim, room_id, self._route(room_id, listing))
+        while outcome in ("no-capacity", "waiting") and self.connection.getdel(keys.recheck(room_id)):
+            outcome = self._route(room_id, [])
+        return outcome
 
     def _route(self, room_id: str, listing: list[Listing]) -> str:
         step = self._reserve_step(room_id, listing, None, [])
