@@ -196,6 +196,7 @@ def run_worker(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     from bridge import logs
     from workers.worker import run_worker as work
 
+    settings.require_worker()
     logs.configure(settings)
     work(settings, burst=args.burst, name=args.name)
     return 0
@@ -211,6 +212,8 @@ def run_up(args: argparse.Namespace, settings: Settings, env: Mapping[str, str])
     """
     from bridge.embedded import EmbeddedRedis
 
+    if settings.rocketchat_url:
+        settings.require_rocketchat()  # before anything starts: the workers would refuse to start without it
     child_env = dict(env)
     if args.strategy:
         child_env["ROUTING_STRATEGY"] = args.strategy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class BridgeError(Exception):
     """Base class for errors the bridge raises on purpose."""
@@ -13,6 +15,18 @@ class ConfigError(BridgeError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable} {problem}")
         self.variable = variable
+
+
+class MissingConfig(ConfigError):
+    """Variables a process needs are not set. One message names every one of them, so one restart after setting
+    them all is enough (not one restart per variable); ``variables`` lists them, ``variable`` is the first."""
+
+    def __init__(self, variables: Sequence[str], problem: str) -> None:
+        names = tuple(variables)
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        BridgeError.__init__(self, f"{listed} {'is' if len(names) == 1 else 'are'} {problem}")
+        self.variable = names[0]
+        self.variables = names
 
 
 class InvalidEvent(BridgeError):

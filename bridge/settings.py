@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, MissingConfig
 
 STRATEGIES = ("least_loaded", "load_rotation", "previous_agent")
 
@@ -160,10 +160,45 @@ class Settings:
                 "(or set BRIDGE_INSECURE_DEV=1 to accept unauthenticated webhooks in development)",
             )
 
+    def require_worker(self) -> None:
+        """A worker needs Redis and a Rocket.Chat it may call. Without Rocket.Chat every job would end "successfully"
+        having routed nothing while chats pile up, so the worker refuses to start; every missing variable is named
+        in one message, so one restart after setting them all is enough."""
+        self.check_rocketchat_credentials()
+        missing = ([] if self.redis_url else ["REDIS_URL"]) + self._missing_rocketchat()
+        if missing:
+            raise MissingConfig(missing, _needed_by_a_worker(missing))
+
+    def require_rocketchat(self) -> None:
+        """The Rocket.Chat part of ``require_worker``, for ``omnibridge up`` (which may bring its own Redis)."""
+        self.check_rocketchat_credentials()
+        if missing := self._missing_rocketchat():
+            raise MissingConfig(missing, _needed_by_a_worker(missing))
+
+    def _missing_rocketchat(self) -> list[str]:
+        missing = [] if self.rocketchat_url else ["ROCKETCHAT_URL"]
+        has_token = bool(self.rocketchat_user_id and self.rocketchat_auth_token)
+        has_login = bool(self.rocketchat_username and self.rocketchat_password)
+        if not (has_token or has_login):
+            missing += ["ROCKETCHAT_USER_ID", "ROCKETCHAT_AUTH_TOKEN"]
+        return missing
+
     def require_redis(self) -> str:
         if not self.redis_url:
             raise ConfigError("REDIS_URL", "is required (for example redis://127.0.0.1:6379/0)")
         return self.redis_url
+
+
+def _needed_by_a_worker(missing: list[str]) -> str:
+    """The rest of the message after the variables' names: why, the login alternative, where to read more."""
+    text = f"required by a worker, which cannot route a chat without {'it' if len(missing) == 1 else 'them'}"
+    if "ROCKETCHAT_AUTH_TOKEN" in missing:
+        text += (
+            " (ROCKETCHAT_USERNAME and ROCKETCHAT_PASSWORD may replace ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN)"
+        )
+    if missing != ["REDIS_URL"]:
+        text += "; see the README, 'The Rocket.Chat account the bridge needs'"
+    return text
 
 
 class _Reader:

@@ -12,7 +12,8 @@ import redis
 
 from bridge.cli import main
 from bridge.embedded import free_port
-from tests.support import fixture_names, load_fixture, wait_for
+from tests.processes import INHERITED
+from tests.support import fixture_names, load_fixture, recorded_keys, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,53 @@ def test_bad_configuration_stops_start_up_naming_the_variable(capsys, command, e
     assert main(command, env=env) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"omnibridge: configuration error: {variable}")
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({}, ["REDIS_URL", "ROCKETCHAT_URL", "ROCKETCHAT_USER_ID", "ROCKETCHAT_AUTH_TOKEN"]),
+        ({"REDIS_URL": "redis"}, ["ROCKETCHAT_URL", "ROCKETCHAT_USER_ID", "ROCKETCHAT_AUTH_TOKEN"]),
+        (
+            {"REDIS_URL": "redis", "ROCKETCHAT_URL": "http://127.0.0.1:9"},
+            ["ROCKETCHAT_USER_ID", "ROCKETCHAT_AUTH_TOKEN"],
+        ),
+        ({"REDIS_URL": "redis", "ROCKETCHAT_USER_ID": "uid", "ROCKETCHAT_AUTH_TOKEN": "pat"}, ["ROCKETCHAT_URL"]),
+    ],
+)
+def test_a_worker_without_rocketchat_refuses_to_start_naming_every_missing_variable(
+    capsys, redis_url, redis_client, env, missing
+):
+    env = {name: redis_url if value == "redis" else value for name, value in env.items()}
+    assert main(["worker", "--burst"], env=env) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, "one message names them all"
+    assert lines[0].startswith(f"omnibridge: configuration error: {missing[0]}")
+    named = set(re.findall(r"\b(?:REDIS|ROCKETCHAT)_[A-Z_]+\b", lines[0]))
+    assert set(missing) <= named
+    assert ("ROCKETCHAT_AUTH_TOKEN" in missing) is ({"ROCKETCHAT_USERNAME", "ROCKETCHAT_PASSWORD"} <= named)
+    assert "pat" not in lines[0].split(), "names, never values"
+    assert recorded_keys(redis_client) == [], "no worker registered, no job taken"
+
+
+def test_the_worker_process_exits_2_without_rocketchat(redis_url, redis_client):
+    env = {name: os.environ[name] for name in INHERITED if name in os.environ}
+    env.update(PYTHONPATH=str(ROOT), REDIS_URL=redis_url)
+    process = subprocess.run(
+        [sys.executable, "-m", "bridge", "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert process.returncode == 2
+    error = process.stderr.strip()
+    assert error.startswith("omnibridge: configuration error: ROCKETCHAT_URL, ROCKETCHAT_USER_ID and "), error
+    assert "ROCKETCHAT_AUTH_TOKEN" in error and "ROCKETCHAT_USERNAME and ROCKETCHAT_PASSWORD" in error
+    assert recorded_keys(redis_client) == []
+
+
+def test_up_with_a_rocketchat_url_but_no_credentials_refuses_before_starting_anything(capsys):
+    assert main(["up"], env={"ROCKETCHAT_URL": "http://127.0.0.1:9"}) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("omnibridge: configuration error: ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN")
+    assert captured.out == "", "nothing started"
 
 
 def test_up_runs_everything_on_an_embedded_redis_and_stops_cleanly():

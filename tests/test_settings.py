@@ -92,6 +92,33 @@ def test_the_web_process_needs_a_webhook_token_unless_insecure_dev_is_set():
     Settings.from_env({"ROCKETCHAT_WEBHOOK_TOKEN": "x"}).require_webhook_token()
 
 
+def test_a_worker_needs_redis_rocketchat_and_credentials_all_named_at_once():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({}).require_worker()
+    assert raised.value.variables == ("REDIS_URL", "ROCKETCHAT_URL", "ROCKETCHAT_USER_ID", "ROCKETCHAT_AUTH_TOKEN")
+    assert str(raised.value).startswith("REDIS_URL, ROCKETCHAT_URL, ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN are ")
+    assert "ROCKETCHAT_USERNAME and ROCKETCHAT_PASSWORD" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(
+            {"ROCKETCHAT_URL": "https://chat.example.com", "ROCKETCHAT_USERNAME": "bot", "ROCKETCHAT_PASSWORD": "pw"}
+        ).require_worker()
+    assert raised.value.variables == ("REDIS_URL",)
+    assert str(raised.value).startswith("REDIS_URL is required by a worker")
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"ROCKETCHAT_USER_ID": "uid", "ROCKETCHAT_AUTH_TOKEN": "pat-value"},
+        {"ROCKETCHAT_USERNAME": "bridge", "ROCKETCHAT_PASSWORD": "pw-value"},
+    ],
+)
+def test_a_worker_with_a_full_configuration_may_start(credentials):
+    env = {"REDIS_URL": "redis://127.0.0.1:6390/2", "ROCKETCHAT_URL": "https://chat.example.com", **credentials}
+    Settings.from_env(env).require_worker()
+    Settings.from_env(env).require_rocketchat()
+
+
 def test_secrets_never_show_in_repr():
     settings = Settings.from_env(
         {

@@ -41,8 +41,18 @@ def test_events_logged_by_webhooks_are_applied_by_the_worker(settings, redis_cli
 
 
 @pytest.fixture
-def worker_process(settings):
-    env = dict(os.environ, REDIS_URL=settings.redis_url, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
+def worker_process(rc_settings):
+    # A worker refuses to start without a Rocket.Chat it may call: this one calls the double as the service account.
+    env = dict(
+        os.environ,
+        REDIS_URL=rc_settings.redis_url,
+        ROCKETCHAT_URL=rc_settings.rocketchat_url,
+        ROCKETCHAT_USER_ID=rc_settings.rocketchat_user_id,
+        ROCKETCHAT_AUTH_TOKEN=rc_settings.rocketchat_auth_token,
+        ROCKETCHAT_CALLS_PER_MINUTE="0",  # the service account has the bot role
+        PYTHONPATH=str(ROOT),
+        LOG_LEVEL="WARNING",
+    )
     process = subprocess.Popen([sys.executable, "-m", "bridge", "worker"], env=env, cwd=ROOT)
     yield process
     if process.poll() is None:
