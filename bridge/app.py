@@ -6,7 +6,8 @@ retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The READM
 | status | when | Rocket.Chat then |
 |---|---|---|
 | 200 | accepted (in the event log), duplicate (already recorded), or deliberately ignored type | stores our body as crmData |
-| 400 | body not UTF-8 JSON, not an object, no/unknown ``type``, required field missing or mistyped | no retry (newer) |
+| 200 | ignored: a well-formed object whose ``type`` we do not know (a newer Rocket.Chat's event): counted, logged once per type, never stored | stores our body as crmData |
+| 400 | body not UTF-8 JSON, not an object, no/empty/non-string ``type``, required field missing or mistyped | no retry (newer) |
 | 403 | ``X-RocketChat-Livechat-Token`` missing or wrong | no retry (newer) |
 | 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
 | 503 | the event cannot be recorded: Redis unreachable *and* the spool cannot take it | retries, 5 attempts |
@@ -35,7 +36,7 @@ from bridge.bodies import BodyTooLarge, answer, decode_json, read_body, token_ma
 from bridge.dashboard import dashboard_routes
 from bridge.errors import InvalidEvent
 from bridge.eventlog import EventLog
-from bridge.events import parse_event
+from bridge.events import UnknownEvent, parse_event
 from bridge.intake import Intake
 from bridge.metrics import Metrics, registry_for
 from bridge.settings import Settings
@@ -45,6 +46,38 @@ log = logging.getLogger("bridge.web")
 
 WEBHOOK_TOKEN_HEADER = "x-rocketchat-livechat-token"
 REDIS_TIMEOUT_SECONDS = 2.0
+UNKNOWN_TYPES_LOGGED = 100
+
+
+class UnknownTypes:
+    """Logs each unknown event type once per process: a newer Rocket.Chat sends its new type with every chat, and
+    one line says as much as thousands. The type is chosen by whoever posts, so at most ``limit`` are remembered
+    (by their shown form, at most 67 characters); past that, one line says further ones are not logged."""
+
+    def __init__(self, limit: int = UNKNOWN_TYPES_LOGGED) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+        self.full = False
+
+    def note(self, event: UnknownEvent) -> None:
+        shown = event.shown
+        if shown in self.seen:
+            return
+        if len(self.seen) < self.limit:
+            self.seen.add(shown)
+            log.warning(
+                "webhook of unknown type '%s' ignored: answered 200, not stored (logged once per type)",
+                shown,
+                extra={"event": shown, "outcome": "ignored", "status": 200},
+            )
+        elif not self.full:
+            self.full = True
+            log.warning(
+                "webhook of unknown type ignored; %d unknown types logged already, further unknown types not logged "
+                'individually (omnibridge_webhooks_total{type="unknown",status="200"} counts them)',
+                self.limit,
+                extra={"outcome": "ignored", "status": 200},
+            )
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -55,6 +88,7 @@ def create_app(settings: Settings) -> Starlette:
         socket_timeout=REDIS_TIMEOUT_SECONDS,
     )
     intake = Intake(EventLog(settings, connection), Spool(settings.spool_dir, settings.spool_max_bytes))
+    unknown_types = UnknownTypes()
 
     async def livechat_webhook(request: Request) -> Response:
         response, event_type = await answer_webhook(request)
@@ -75,6 +109,10 @@ def create_app(settings: Settings) -> Starlette:
         except InvalidEvent as error:
             log.warning("webhook refused: %s", error, extra={"status": 400})
             return answer(400, ok=False, error=str(error), field=error.field), "invalid"
+        if isinstance(event, UnknownEvent):
+            # Never the raw type as a label value: it is the sender's choice, so it could mint a series per request.
+            unknown_types.note(event)
+            return answer(200, ok=True, outcome="ignored", event=event.shown), "unknown"
         try:
             recorded = await intake.record(event)
         except OSError as error:

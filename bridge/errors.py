@@ -37,10 +37,6 @@ class InvalidEvent(BridgeError):
         self.field = field
 
 
-class UnknownEventType(InvalidEvent):
-    """A webhook whose ``type`` is not one Rocket.Chat sends."""
-
-
 class RecordingFailed(BridgeError):
     """An accepted event could not be made durable (Redis unreachable, or answering errors)."""
 

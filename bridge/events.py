@@ -18,10 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from bridge.errors import InvalidEvent, UnknownEventType
+from bridge.errors import InvalidEvent
 
 # The admin's "test webhook" call (POST livechat/webhook.test) sends this fixed room id (reference 1.6).
 WEBHOOK_TEST_ROOM_ID = "fasd6f5a4sd6f8a4sdf"
+# Characters of an unknown type shown in answers and logs: the type is whatever the sender wrote, of any length.
+SHOWN_TYPE_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,36 @@ class OfflineMessage(Event):
 
     def identity_parts(self) -> tuple[object, ...]:
         return (self.sent_at, self.content_digest)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """A well-formed webhook whose ``type`` this version does not know: most likely a newer Rocket.Chat's new event.
+
+    It is answered 200 ``ignored``, because Rocket.Chat counts only 200 as delivered and older servers retry any other
+    status five times. It is deliberately not an ``Event``: it has no identity and cannot reach the event log, the
+    spool or a job. ``type`` is exactly what the sender wrote; answers and logs show ``shown`` instead.
+    """
+
+    type: str
+
+    @property
+    def shown(self) -> str:
+        return shown_text(self.type, SHOWN_TYPE_CHARS)
+
+
+def shown_text(text: str, limit: int) -> str:
+    """``text`` safe to echo or log: unprintable characters (controls, newlines, ANSI escapes, bidi overrides, lone
+    surrogates) written as Python escapes, at most ``limit`` characters, then ``...`` if anything was cut."""
+    pieces: list[str] = []
+    size = 0
+    for char in text[:limit]:
+        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        if size + len(piece) > limit:
+            return "".join(pieces) + "..."
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces) + ("..." if len(text) > limit else "")
 
 
 class _Fields:
@@ -367,8 +399,11 @@ EVENT_CLASSES: dict[str, type[Event]] = {
 }
 
 
-def parse_event(payload: object) -> Event:
-    """Turn a decoded webhook body into a typed event, or raise ``InvalidEvent`` naming what is wrong."""
+def parse_event(payload: object) -> Event | UnknownEvent:
+    """Turn a decoded webhook body into a typed event, or raise ``InvalidEvent`` naming what is wrong.
+
+    An object with a non-empty string ``type`` that is not one of ``PARSERS`` is well-formed but unknown: it comes
+    back as an ``UnknownEvent`` (its other fields unread), not as an error."""
     if not isinstance(payload, dict):
         raise InvalidEvent("the body must be a JSON object")
     event_type = payload.get("type")
@@ -378,8 +413,11 @@ def parse_event(payload: object) -> Event:
         raise InvalidEvent("field 'type' must be a string", "type")
     parser = PARSERS.get(event_type)
     if parser is None:
-        shown = event_type if len(event_type) <= 64 and event_type.isprintable() else event_type[:64] + "..."
-        raise UnknownEventType(f"unknown event type {shown!r}; Rocket.Chat sends: {', '.join(PARSERS)}", "type")
+        if not event_type:
+            raise InvalidEvent("field 'type' must not be empty", "type")
+        if not _is_unicode(event_type):
+            raise InvalidEvent("field 'type' is not valid Unicode (lone surrogate)", "type")
+        return UnknownEvent(event_type)
     try:
         return parser(_Fields(payload))
     except RecursionError:

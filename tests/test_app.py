@@ -2,13 +2,14 @@
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from bridge.app import create_app
+from bridge.app import UNKNOWN_TYPES_LOGGED, create_app
 from bridge.eventlog import PROCESS_EVENTS
 from bridge.events import parse_event
 from bridge.jobqueue import EVENT_JOBS, job_for
@@ -127,7 +128,9 @@ def test_a_missing_or_wrong_token_is_403_and_records_nothing(bridge, queue, redi
         (b"{}", "'type' is required"),
         (b'{"type": "LivechatSessionQueued", "visitor": {"_id": "v"}}', "'_id' is required"),
         (b'{"type": "LivechatSessionTaken", "_id": "room"}', "'servedBy' is required"),
-        (b'{"type": "LivechatSessionClosed", "_id": "room"}', "unknown event type"),
+        (b'{"type": 5, "_id": "room"}', "'type' must be a string"),
+        (b'{"type": "", "_id": "room"}', "'type' must not be empty"),
+        (b'{"type": "\\ud800", "_id": "room"}', "'type' is not valid Unicode"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
@@ -136,6 +139,60 @@ def test_malformed_input_is_400_naming_the_problem(bridge, redis_client, body, s
     assert response.status_code == 400
     assert says in response.json()["error"]
     assert recorded_keys(redis_client) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "LivechatSessionClosed", "_id": "room"},  # not a type Rocket.Chat sends (the close is LivechatSession)
+        {"type": "LivechatSessionOnHold"},  # a newer server's event: its fields are not read
+        {"type": "Message ", "_id": 5, "messages": "not even a list"},
+    ],
+)
+def test_an_unknown_type_is_answered_200_ignored_and_stores_nothing(bridge, queue, redis_client, body):
+    response = post(bridge, body)
+    assert response.status_code == 200, "Rocket.Chat counts only 200 as delivered; older servers retry the rest"
+    assert response.json() == {"ok": True, "outcome": "ignored", "event": body["type"]}
+    assert recorded_keys(redis_client) == []
+    assert queue.count == 0
+
+
+def test_an_unknown_type_is_echoed_capped_and_escaped(bridge, redis_client):
+    hostile = "\x1b[2J\u202eEvil\r\n" + "A" * 100_000
+    response = post(bridge, {"type": hostile, "_id": "room"})
+    assert response.status_code == 200
+    shown = response.json()["event"]
+    assert shown.startswith("\\x1b[2J\\u202eEvil\\r\\nAAA") and shown.endswith("A...")
+    assert len(shown) == 64 + len("...") and shown.isprintable()
+    assert len(response.content) < 200, "Rocket.Chat stores the body on the room"
+    assert recorded_keys(redis_client) == []
+
+
+def test_an_unknown_type_is_logged_once_per_type_and_only_so_many_types(bridge, caplog):
+    caplog.set_level(logging.WARNING, logger="bridge.web")
+
+    def unknown_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "bridge.web" and "unknown type" in r.getMessage()]
+
+    for _ in range(3):
+        assert post(bridge, {"type": "LivechatSessionOnHold\n"}).status_code == 200
+    assert unknown_lines() == [
+        "webhook of unknown type 'LivechatSessionOnHold\\n' ignored: answered 200, not stored (logged once per type)"
+    ]
+    for n in range(UNKNOWN_TYPES_LOGGED + 5):
+        assert post(bridge, {"type": f"Future{n}"}).status_code == 200
+    lines = unknown_lines()
+    assert len(lines) == UNKNOWN_TYPES_LOGGED + 1, "one line per type up to the limit, then one saying so"
+    assert "further unknown types not logged individually" in lines[-1]
+    assert post(bridge, {"type": "YetAnother"}).status_code == 200
+    assert len(unknown_lines()) == UNKNOWN_TYPES_LOGGED + 1
+
+
+def test_an_unknown_type_is_answered_200_while_redis_is_down(bridge, redis_server):
+    redis_server.stop()
+    response = post(bridge, {"type": "LivechatSessionOnHold", "_id": "room"})
+    assert response.status_code == 200, "like the types the bridge ignores on purpose, it needs no Redis"
+    assert response.json() == {"ok": True, "outcome": "ignored", "event": "LivechatSessionOnHold"}
 
 
 def test_a_declared_oversized_body_is_413_before_it_is_read(bridge, settings):

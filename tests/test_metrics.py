@@ -48,6 +48,18 @@ def test_webhooks_are_counted_by_type_and_status_without_a_redis_call_each(setti
     assert 'omnibridge_jobs{state="queued"} 1.0' in text
 
 
+def test_unknown_types_are_counted_under_one_fixed_label(settings, redis_client):
+    hostile = ['Evil"} 1e9\nomnibridge_webhooks_total{type="x', "LivechatSessionOnHold", "x" * 5000]
+    with ServerThread(create_app(settings)) as web:
+        headers = {"X-RocketChat-Livechat-Token": WEBHOOK_TOKEN}
+        for event_type in hostile:
+            answer = httpx.post(f"{web.url}/webhooks/livechat", json={"type": event_type}, headers=headers)
+            assert answer.json()["outcome"] == "ignored"
+        text = scrape(web.url)
+    assert 'omnibridge_webhooks_total{status="200",type="unknown"} 3.0' in text
+    assert "Evil" not in text and "OnHold" not in text and "xxxx" not in text, "the sender's type is never a label"
+
+
 def test_metrics_answer_503_without_redis(settings, redis_server):
     with ServerThread(create_app(settings)) as web:
         redis_server.stop()
