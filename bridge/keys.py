@@ -46,7 +46,7 @@ def events_batches() -> str:
 
 
 def budget_window(route: str) -> str:
-    """Sliding window (sorted set of call times) of the Rocket.Chat call budget for one route."""
+    """Sliding window (sorted set of call times) of the optional cap ``ROCKETCHAT_CALLS_PER_MINUTE`` for one route."""
     return f"{PREFIX}budget:{route}"
 
 
@@ -55,14 +55,52 @@ def budget_block(route: str) -> str:
     return f"{PREFIX}budget-block:{route}"
 
 
+def rate_limit(route: str) -> str:
+    """Hash: what Rocket.Chat's ``X-RateLimit-*`` headers said of one route (limit, remaining, reset, or none)."""
+    return f"{PREFIX}ratelimit:{route}"
+
+
+def rate_limit_routes() -> str:
+    """Set of the routes whose rate limit was learned (read by ``/metrics`` and ``omnibridge doctor``)."""
+    return f"{PREFIX}ratelimit-routes"
+
+
+def lease(name: str) -> str:
+    """A lease (``bridge.lease``): held by one process at a time, renewed while it works, expiring when it dies."""
+    return f"{PREFIX}lease:{name}"
+
+
+def lease_fence() -> str:
+    """Counter that numbers leases as they are granted (the fence of each)."""
+    return f"{PREFIX}lease-fence"
+
+
+def take_in_flight(room_id: str) -> str:
+    """Set (under the room's lease) just before ``inquiries.take``/``room.forward`` is sent, until it has answered.
+
+    A router that finds it set while holding the room's lease knows an earlier holder's call may still be on its way
+    (its lease lapsed): it leaves the room alone until the key expires, after the longest a call can take."""
+    return f"{PREFIX}in-flight:{room_id}"
+
+
+def tick_due() -> str:
+    """Exists until the next periodic tick is due (set NX by the ticker that runs a tick)."""
+    return f"{PREFIX}tick-due"
+
+
+def tick_last() -> str:
+    """Epoch seconds when the last tick started."""
+    return f"{PREFIX}tick-last"
+
+
+def wake() -> str:
+    """Sorted set: work deferred until a time (``routing`` when a budget or Rocket.Chat was not available)."""
+    return f"{PREFIX}wake"
+
+
 def cached(name: str) -> str:
     """A cached Rocket.Chat answer (the agent directory, departments, server version)."""
     return f"{PREFIX}cache:{name}"
-
-
-def cache_lock(name: str) -> str:
-    """Single-flight lock: held by the one process that is refreshing ``cached(name)``."""
-    return f"{PREFIX}cache-lock:{name}"
 
 
 def agent_load() -> str:
@@ -130,32 +168,19 @@ def visitor_agent(visitor_id: str) -> str:
     return f"{PREFIX}visitor-agent:{visitor_id}"
 
 
-def drain_lock(department_id: str | None) -> str:
-    return f"{PREFIX}drain-lock:{department_id or '-'}"
-
-
-def drain_dirty(department_id: str | None) -> str:
-    """Set when a router found the drain lock taken, so the holder goes round once more."""
-    return f"{PREFIX}drain-dirty:{department_id or '-'}"
-
-
 def unavailable_agent(agent_id: str) -> str:
     """Set for a while after Rocket.Chat said the agent is offline, until the directory catches up."""
     return f"{PREFIX}agent-unavailable:{agent_id}"
 
 
-def routing_claim(room_id: str) -> str:
-    """Held by the one router working on a room right now (expires if that router dies)."""
-    return f"{PREFIX}routing:{room_id}"
+def room_lease(room_id: str) -> str:
+    """Name of the lease held by the one router working on a room right now (take, or forward)."""
+    return f"room:{room_id}"
 
 
 def recheck(room_id: str) -> str:
     """Set by a router that skipped a claimed room, so the claim holder looks at it once more."""
     return f"{PREFIX}recheck:{room_id}"
-
-
-def tick_slot(slot: int) -> str:
-    return f"{PREFIX}tick:{slot}"
 
 
 def reconcile_due() -> str:
@@ -196,15 +221,6 @@ def replied(room_id: str) -> str:
 def load_known() -> str:
     """Exists once the load book was built from Rocket.Chat; gone if Redis lost its data (then rebuilt)."""
     return f"{PREFIX}load-known"
-
-
-def tick_pending() -> str:
-    """Set while a tick job waits in the queue, so the tickers enqueue one at a time."""
-    return f"{PREFIX}tick-pending"
-
-
-def load_rebuild_lock() -> str:
-    return f"{PREFIX}load-rebuild-lock"
 
 
 def pending_agents() -> str:
