@@ -37,10 +37,6 @@ class InvalidEvent(BridgeError):
         self.field = field
 
 
-class RecordingFailed(BridgeError):
-    """An accepted event could not be made durable (Redis unreachable, or answering errors)."""
-
-
 class RocketChatError(BridgeError):
     """Rocket.Chat answered with an error, or could not be reached. Messages say what to do about it."""
 
@@ -74,10 +70,25 @@ class NotFound(RocketChatError):
 
 
 class RocketChatUnavailable(RocketChatError):
-    """5xx, timeouts, connection errors or rate limits that outlasted the bounded retries. Worth retrying later."""
+    """5xx, timeouts or connection errors that outlasted the bounded retries. Worth trying again in ``retry_after`` s.
+
+    Nothing is known of a call that timed out: Rocket.Chat may have applied it."""
 
     transient = True
+    retry_after = 2.0
 
 
-class BudgetExhausted(RocketChatUnavailable):
-    """The deployment-wide call budget for a route allows no call within the time we may wait."""
+class FetchInProgress(RocketChatUnavailable):
+    """Another process is fetching this from Rocket.Chat right now and nothing usable is cached yet: come back in a
+    moment instead of waiting for it."""
+
+    retry_after = 0.25
+
+
+class RateLimited(RocketChatUnavailable):
+    """The call was not made: Rocket.Chat's limit for the route (learned from its headers, or a 429) has no call left
+    before ``retry_after`` seconds. Nothing was sent, so nothing was applied."""
+
+    def __init__(self, message: str, route: str, retry_after: float, status: int | None = None) -> None:
+        super().__init__(message, route, status, "error-too-many-requests" if status == 429 else None)
+        self.retry_after = max(0.05, retry_after)

@@ -38,7 +38,12 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "omnibridge_reservations": ("Capacity reservations, by result (reserved, full, released)", ("result",)),
     "omnibridge_directory_lookups": ("Agent directory lookups, by outcome (hit, refreshed, stale)", ("outcome",)),
     "omnibridge_rocketchat_calls": ("Rocket.Chat calls, by route and HTTP status", ("route", "status")),
-    "omnibridge_rate_limit_waits": ("Waits for a Rocket.Chat rate-limit reset or call budget slot", ("route",)),
+    "omnibridge_rate_limit_deferrals": (
+        "Rocket.Chat calls not made now because the route's rate limit had no call left (the work waits in Redis), "
+        "by route and reason (exhausted, learning, blocked, capped, 429)",
+        ("route", "reason"),
+    ),
+    "omnibridge_ticks": ("Periodic ticks run (routing waiting chats, recovering lost ones, re-routing)", ()),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "omnibridge_routing_wait_seconds": (
@@ -151,6 +156,34 @@ class RedisCollector(Collector):
         jobs.add_metric(["finished"], queue.finished_job_registry.count)
         jobs.add_metric(["failed"], queue.failed_job_registry.count)
         yield jobs
+        yield from self._rate_limits(connection)
+
+    def _rate_limits(self, connection: redis.Redis) -> Iterator[GaugeMetricFamily]:
+        from bridge.ratelimits import RateLimits
+
+        learned = RateLimits(connection).known()
+        limit = GaugeMetricFamily(
+            "omnibridge_rocketchat_rate_limit",
+            "Calls per window Rocket.Chat allows the bridge's account on a route, from its X-RateLimit-Limit header "
+            "(-1: the route answered without rate-limit headers: unlimited for this account)",
+            labels=["route"],
+        )
+        remaining = GaugeMetricFamily(
+            "omnibridge_rocketchat_rate_limit_remaining", "Calls left in the route's current window", labels=["route"]
+        )
+        reset = GaugeMetricFamily(
+            "omnibridge_rocketchat_rate_limit_reset_seconds", "Seconds until the route's window ends", labels=["route"]
+        )
+        for route, entry in learned.items():
+            if entry["mode"] == "unlimited":
+                limit.add_metric([route], -1)
+            elif entry["mode"] == "limited":
+                limit.add_metric([route], entry["limit"])
+                remaining.add_metric([route], entry["remaining"])
+                reset.add_metric([route], entry["reset_in"])
+        yield limit
+        yield remaining
+        yield reset
 
 
 def registry_for(metrics: Metrics, queue_name: str) -> CollectorRegistry:

@@ -3,9 +3,12 @@
 One pooled ``httpx.Client`` per process, explicit timeouts. Every call goes through ``request()``, which
 - authenticates with ``X-User-Id``/``X-Auth-Token`` (a personal access token, or the token ``POST /api/v1/login``
   returned for ``ROCKETCHAT_USERNAME``/``ROCKETCHAT_PASSWORD``; on a 401 it logs in again once);
-- takes a slot in the deployment-wide call budget for the route;
-- waits out a 429 until ``X-RateLimit-Reset`` (epoch milliseconds) and tries again;
-- retries 5xx, timeouts and connection errors with exponential back-off and full jitter, a bounded number of times;
+- asks the route's learned rate limit for a call (``bridge.ratelimits``) and, when it has none left, raises
+  ``RateLimited`` at once instead of waiting: the caller keeps its work and comes back at ``retry_after``;
+- learns from every answer's ``X-RateLimit-*`` headers (or their absence: the account is not limited);
+- turns a 429 into ``RateLimited`` too, blocking the route for every process until ``X-RateLimit-Reset``;
+- retries connection errors and 5xx a bounded number of times with a short jittered back-off (under a second
+  each); a timeout is not retried here, since Rocket.Chat may have applied the call: the caller decides;
 - turns every other answer into an error that says what to do (reference 5.2: bodies differ between 7.x and 8.x,
   so it keys on the status and ``errorType``, never on the message text).
 """
@@ -22,25 +25,25 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.budget import CallBudget
 from bridge.errors import (
     ConfigError,
     CredentialsRejected,
     NotFound,
     PermissionDenied,
+    RateLimited,
     RequestRejected,
     RocketChatError,
     RocketChatUnavailable,
 )
 from bridge.metrics import Metrics
+from bridge.ratelimits import Grant, RateLimits, heard_from
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.rocketchat")
 
 USER_AGENT = "omnichannel-bridge"
-MAX_RATE_LIMIT_WAIT = 65.0  # one Rocket.Chat window (60 s) and a little
-BACKOFF_BASE = 0.25
-BACKOFF_CAP = 5.0
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 1.0
 _BRACKET_CODE = re.compile(r"\[([\w.-]+)\]\s*$")
 
 # What a 403 on each route means: the permission the account lacks (reference sections 2, 3, 5).
@@ -85,7 +88,7 @@ class RocketChat:
     def __init__(
         self,
         settings: Settings,
-        budget: CallBudget | None = None,
+        limits: RateLimits | None = None,
         metrics: Metrics | None = None,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -93,7 +96,7 @@ class RocketChat:
         if not settings.rocketchat_url:
             raise ConfigError("ROCKETCHAT_URL", "is required to call Rocket.Chat")
         self.settings = settings
-        self.budget = budget
+        self.limits = limits
         self.metrics = metrics
         self.sleep = sleep
         self.http = http or httpx.Client(
@@ -120,27 +123,37 @@ class RocketChat:
         params: Mapping[str, Any] | list[tuple[str, Any]] | None = None,
         json: Mapping[str, Any] | None = None,
         auth: bool = True,
-        budget_wait: float = MAX_RATE_LIMIT_WAIT,
     ) -> dict[str, Any]:
         """Call ``route`` (a template such as ``/api/v1/livechat/department/{id}/agents``) and return its JSON.
 
-        ``budget_wait`` bounds how long to wait for a budget slot or a rate-limit reset; a caller that would
-        rather serve cached data than wait passes a small value and catches ``RocketChatUnavailable``.
+        Never waits for a rate limit: ``RateLimited`` says when to come back.
         """
         name = f"{method} {route}"
         url = route.format(**{key: quote(value, safe="") for key, value in (path or {}).items()})
         relogged = False
         attempt = 0
         while True:
-            if self.budget is not None and self.budget.take(name, max_wait=budget_wait) and self.metrics:
-                self.metrics.inc("omnibridge_rate_limit_waits", route=name)
             headers = self._auth_headers() if auth else {}
+            grant = self._grant(name)
+            response: httpx.Response | None = None
             try:
                 response = self.http.request(method, url, params=params, json=json, headers=headers)
+            except httpx.TimeoutException as error:
+                self._count(name, type(error).__name__)
+                if isinstance(error, httpx.ConnectTimeout):  # never reached Rocket.Chat: safe to try again
+                    attempt = self._backoff(name, attempt, type(error).__name__)
+                    continue
+                raise RocketChatUnavailable(
+                    f"Rocket.Chat did not answer {name} within {self.settings.rocketchat_timeout:.0f} s "
+                    "(it may have applied it); it will be looked at again later",
+                    route=name,
+                ) from None
             except httpx.TransportError as error:
                 self._count(name, type(error).__name__)
-                attempt = self._backoff(name, attempt, f"{type(error).__name__}")
+                attempt = self._backoff(name, attempt, type(error).__name__)
                 continue
+            finally:
+                self._learn(name, grant, response)
             status = response.status_code
             self._count(name, str(status))
             log.debug("rocket.chat %s > %s", name, status, extra={"route": name, "status": status})
@@ -152,12 +165,38 @@ class RocketChat:
                 self.login()
                 continue
             if status == 429:
-                attempt = self._wait_rate_limit(name, response, attempt, budget_wait)
-                continue
+                raise self._rate_limited(name, response)
             if status >= 500:
                 attempt = self._backoff(name, attempt, f"HTTP {status}")
                 continue
             raise self._error(name, status, body)
+
+    @property
+    def max_call_seconds(self) -> float:
+        """The longest one ``request()`` can take: every attempt timing out, with every back-off in between."""
+        retries = self.settings.rocketchat_retries
+        return (retries + 1) * self.settings.rocketchat_timeout + retries * BACKOFF_CAP
+
+    def _grant(self, name: str) -> Grant | None:
+        if self.limits is None:
+            return None
+        grant = self.limits.acquire(name)
+        if not grant.ok:
+            if self.metrics is not None:
+                self.metrics.inc("omnibridge_rate_limit_deferrals", route=name, reason=grant.why)
+            raise RateLimited(
+                f"no call left for {name} in Rocket.Chat's rate limit ({grant.why}) for {grant.wait:.1f} s; "
+                "the work keeps its place and is picked up then",
+                route=name,
+                retry_after=grant.wait,
+            )
+        return grant
+
+    def _learn(self, name: str, grant: Grant | None, response: httpx.Response | None) -> None:
+        if self.limits is None:
+            return
+        heard = heard_from(response.status_code, response.headers) if response is not None else None
+        self.limits.learned(name, grant, heard)
 
     def _count(self, name: str, status: str) -> None:
         if self.metrics is not None:
@@ -196,30 +235,18 @@ class RocketChat:
         self.sleep(delay)
         return attempt
 
-    def _wait_rate_limit(self, name: str, response: httpx.Response, attempt: int, max_wait: float) -> int:
-        reset = response.headers.get("X-RateLimit-Reset", "")
-        wait = max(0.0, int(reset) / 1000.0 - time.time()) if reset.isdigit() else 2.0**attempt
-        if self.budget is not None and reset.isdigit():
-            self.budget.block_until(name, int(reset))
-        attempt += 1
-        if wait > max_wait or attempt > self.settings.rocketchat_retries + 2:
-            raise RocketChatUnavailable(
-                f"Rocket.Chat rate-limits {name} for another {wait:.0f} s; give the service account the bot role "
-                "(permission api-bypass-rate-limit) or lower ROCKETCHAT_CALLS_PER_MINUTE",
-                route=name,
-                status=429,
-                error_type="error-too-many-requests",
-            )
-        log.warning(
-            "rocket.chat %s rate-limited; waiting %.2f s until X-RateLimit-Reset",
-            name,
-            wait,
-            extra={"route": name, "status": 429},
-        )
+    def _rate_limited(self, name: str, response: httpx.Response) -> RateLimited:
+        wait = self.limits.block(name, heard_from(429, response.headers)) if self.limits is not None else 2.0
+        log.warning("rocket.chat %s answered 429; no process calls it for %.1f s", name, wait, extra={"route": name})
         if self.metrics is not None:
-            self.metrics.inc("omnibridge_rate_limit_waits", route=name)
-        self.sleep(wait + 0.05)
-        return attempt
+            self.metrics.inc("omnibridge_rate_limit_deferrals", route=name, reason="429")
+        return RateLimited(
+            f"Rocket.Chat rate-limits {name} for another {wait:.0f} s; give the service account the bot role "
+            "(permission api-bypass-rate-limit), or set ROCKETCHAT_CALLS_PER_MINUTE if other clients share its limit",
+            route=name,
+            retry_after=wait,
+            status=429,
+        )
 
     def _error(self, name: str, status: int, body: Mapping[str, Any]) -> RocketChatError:
         text, code = error_text_of(body), error_type_of(body)

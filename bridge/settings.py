@@ -46,7 +46,7 @@ class Settings:
     log_level: str = "INFO"
     rocketchat_timeout: float = 10.0
     rocketchat_retries: int = 4
-    rocketchat_calls_per_minute: int = 8
+    rocketchat_calls_per_minute: int = 0  # 0: no cap of our own; Rocket.Chat's learned limits apply
     agent_source: str = "auto"
     accept_idle_agents: bool = False
     directory_ttl_seconds: float = 10.0

@@ -5,14 +5,15 @@ import time
 import pytest
 
 from bridge import endpoints
-from bridge.budget import CallBudget
 from bridge.errors import (
     CredentialsRejected,
     NotFound,
     PermissionDenied,
+    RateLimited,
     RequestRejected,
     RocketChatUnavailable,
 )
+from bridge.ratelimits import RateLimits
 from bridge.rocketchat import RocketChat, error_type_of
 from bridge.settings import Secret
 from tests.team import seed_team
@@ -118,33 +119,70 @@ def test_agents_available_is_404_on_8x(rc_state, rc):
         endpoints.available_agents(rc)
 
 
-def test_a_429_is_waited_out_until_its_reset(rc_state, rc_settings):
+def test_a_429_is_not_waited_out_it_says_when_to_come_back(rc_state, rc_settings):
     rc_state.rate_limit_calls, rc_state.rate_limit_window_ms = 2, 1500
     user_id, token = rc_state.add_account("limited", ["user", "livechat-manager"])  # no bot role: rate limited
     rc = RocketChat(rc_settings.replace(rocketchat_user_id=user_id, rocketchat_auth_token=Secret(token)))
+    endpoints.me(rc)
+    endpoints.me(rc)
     started = time.monotonic()
-    for _ in range(3):
+    with pytest.raises(RateLimited) as raised:
         endpoints.me(rc)
-    waited = time.monotonic() - started
+    assert time.monotonic() - started < 0.5, "the client does not sleep until the reset"
+    assert 0.5 < raised.value.retry_after <= 2.5, "retry_after comes from X-RateLimit-Reset"
+    assert "bot role" in str(raised.value)
+    time.sleep(raised.value.retry_after)
+    endpoints.me(rc)
     assert rc_state.log_lines() == ["GET /api/v1/me > 200"] * 2 + ["GET /api/v1/me > 429", "GET /api/v1/me > 200"]
-    assert waited >= 0.5, "the third call waited for X-RateLimit-Reset"
     rc.close()
 
 
-def test_a_429_blocks_the_route_in_the_shared_budget(rc_state, rc_settings, redis_client):
+def test_a_limit_learned_from_the_headers_is_kept_by_every_process_without_a_429(rc_state, rc_settings, redis_client):
+    rc_state.rate_limit_calls, rc_state.rate_limit_window_ms = 2, 1500
+    user_id, token = rc_state.add_account("limited", ["user", "livechat-manager"])
+    settings = rc_settings.replace(rocketchat_user_id=user_id, rocketchat_auth_token=Secret(token))
+    first, second = (
+        RocketChat(settings, limits=RateLimits(redis_client)),
+        RocketChat(settings, limits=RateLimits(redis_client)),
+    )
+    endpoints.me(first)  # the probe: learns "2 per window, 1 left"
+    endpoints.me(second)
+    with pytest.raises(RateLimited) as raised:
+        endpoints.me(first)  # none left: not sent at all
+    assert raised.value.status is None, "refused here, not by Rocket.Chat"
+    assert rc_state.log_lines() == ["GET /api/v1/me > 200"] * 2
+    time.sleep(raised.value.retry_after)
+    endpoints.me(second)  # a new window: probed and learned again
+    assert rc_state.log_lines() == ["GET /api/v1/me > 200"] * 3
+    first.close()
+    second.close()
+
+
+def test_a_429_anyway_blocks_the_route_for_every_process(rc_state, rc_settings, redis_client):
     rc_state.rate_limit_calls, rc_state.rate_limit_window_ms = 1, 1000
     user_id, token = rc_state.add_account("limited", ["user", "livechat-manager"])
     settings = rc_settings.replace(rocketchat_user_id=user_id, rocketchat_auth_token=Secret(token))
-    budget = CallBudget(redis_client, calls_per_minute=100)
-    first, second = RocketChat(settings, budget=budget), RocketChat(settings, budget=budget)
-    endpoints.me(first)
-    with pytest.raises(RocketChatUnavailable) as raised:
-        first.request("GET", "/api/v1/me", budget_wait=0)  # 429: blocks the route for every process
-    assert "bot role" in str(raised.value)
-    endpoints.me(second)  # waits on the shared block instead of meeting a 429 itself
-    assert rc_state.log_lines() == ["GET /api/v1/me > 200", "GET /api/v1/me > 429", "GET /api/v1/me > 200"]
-    first.close()
-    second.close()
+    first, second = (
+        RocketChat(settings, limits=RateLimits(redis_client)),
+        RocketChat(settings, limits=RateLimits(redis_client)),
+    )
+    other_client = RocketChat(settings)  # another client of the same account and IP, which the bridge cannot see
+    endpoints.me(other_client)
+    with pytest.raises(RateLimited) as raised:
+        endpoints.me(first)  # a 429: blocks the route for every process until its reset
+    assert raised.value.status == 429
+    with pytest.raises(RateLimited):
+        endpoints.me(second)  # not sent
+    assert rc_state.log_lines() == ["GET /api/v1/me > 200", "GET /api/v1/me > 429"]
+    for client in (first, second, other_client):
+        client.close()
+
+
+def test_an_account_that_bypasses_the_limit_is_learned_as_unlimited(rc, rc_state, redis_client):
+    limits = RateLimits(redis_client)
+    rc.limits = limits
+    endpoints.me(rc)
+    assert limits.known() == {"GET /api/v1/me": {"mode": "unlimited"}}
 
 
 def test_server_errors_are_retried_with_backoff(rc_state, rc):
@@ -161,9 +199,12 @@ def test_retries_are_bounded(rc_state, rc):
     assert rc_state.calls("GET", "/api/v1/me") == 4
 
 
-def test_a_timeout_is_retried(rc_state, rc_settings):
+def test_a_timeout_is_not_retried_since_rocketchat_may_have_applied_it(rc_state, rc_settings):
     rc_state.inject("/api/v1/me", status=None, count=1, delay=1.5)
     rc = RocketChat(rc_settings.replace(rocketchat_timeout=1.0))
+    with pytest.raises(RocketChatUnavailable) as raised:
+        endpoints.me(rc)
+    assert "may have applied it" in str(raised.value)
     assert endpoints.me(rc)["username"] == "omnibridge"
     rc.close()
 
