@@ -1,8 +1,11 @@
 """A cache in Redis for Rocket.Chat answers, shared by every web and worker process.
 
 - **TTL**: an entry younger than ``ttl`` is served as it is.
-- **Single-flight**: when an entry must be refreshed, one process (the holder of a Redis lock) calls Rocket.Chat;
-  the others wait for its result instead of calling too. However many jobs ask at once, one call is made.
+- **Single-flight**: when an entry must be refreshed, one process (the holder of the lease ``refresh:<name>``,
+  renewed while Rocket.Chat answers and freed within seconds if the holder dies) calls Rocket.Chat; the others do
+  not call too. They serve the entry they have if it is within its stale bound, else (nothing usable cached yet)
+  they get ``FetchInProgress`` at once, so a job never waits for another process: it keeps its work and comes back
+  a moment later. A caller that would rather wait (a command line tool) passes ``wait_max``.
 - **Refresh ahead**: the first reader past ``REFRESH_AHEAD`` of the TTL refreshes it while the entry is still
   fresh, so readers rarely wait.
 - **Stale if error**: while Rocket.Chat fails, the last good entry is served for up to ``stale_max`` seconds past
@@ -22,13 +25,13 @@ from typing import Any
 import redis
 
 from bridge import keys
-from bridge.errors import RocketChatError, RocketChatUnavailable
+from bridge.errors import FetchInProgress, RocketChatError, RocketChatUnavailable
+from bridge.lease import Leases
 
 log = logging.getLogger("bridge.cache")
 
 REFRESH_AHEAD = 0.75
 FAILURE_PAUSE = 2.0
-LOCK_SECONDS = 60
 POLL_SECONDS = 0.02
 
 
@@ -50,13 +53,15 @@ class SharedCache:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         on_outcome: Callable[[str, str], None] | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.connection = connection
+        self.leases = leases or Leases(connection)
         self.clock = clock
         self.sleep = sleep
         self.on_outcome = on_outcome or (lambda name, outcome: None)
 
-    def get(self, name: str, fetch: Callable[[], Any], ttl: float, stale_max: float, wait_max: float = 30.0) -> Cached:
+    def get(self, name: str, fetch: Callable[[], Any], ttl: float, stale_max: float, wait_max: float = 0.0) -> Cached:
         entry = self._read(name)
         age = self.clock() - entry["at"] if entry else None
         if entry is not None and age is not None and age < ttl:
@@ -78,13 +83,15 @@ class SharedCache:
                 return self._stale_or_raise(name, entry, ttl, stale_max, error)
             if refreshed is not None:
                 return self._result(name, refreshed, refreshed.outcome)
-            # Another process holds the lock: wait for the entry it writes.
-            self.sleep(POLL_SECONDS)
+            # Another process is refreshing it: its entry, or ours while it is within bounds, or come back later.
             newer = self._read(name)
             if newer is not None and (entry is None or newer["at"] > entry["at"]):
                 return self._result(name, Cached(newer["value"], self.clock() - newer["at"], "hit"), "hit")
-            if self.clock() > deadline:
-                return self._stale_or_raise(name, entry, ttl, stale_max, last_error)
+            if entry is not None and self.clock() - entry["at"] < ttl + stale_max:
+                return self._result(name, Cached(entry["value"], self.clock() - entry["at"], "hit"), "hit")
+            if self.clock() >= deadline:
+                raise FetchInProgress(f"{name} is being fetched from Rocket.Chat by another process", route=name)
+            self.sleep(POLL_SECONDS)
 
     def peek(self, name: str) -> Cached | None:
         """The entry as it is, whatever its age, without calling Rocket.Chat (for request paths)."""
@@ -107,9 +114,9 @@ class SharedCache:
         seen: dict[str, Any] | None,
         quiet: bool,
     ) -> Cached | None:
-        """Fetch and store under the single-flight lock; None when another process holds it."""
-        lock = self.connection.lock(keys.cache_lock(name), timeout=LOCK_SECONDS, blocking=False)
-        if not lock.acquire():
+        """Fetch and store under the single-flight lease; None when another process holds it."""
+        lease = self.leases.acquire(f"refresh:{name}")
+        if lease is None:
             return None
         try:
             # Someone may have refreshed between our read and our lock: then there is nothing to fetch.
@@ -117,7 +124,7 @@ class SharedCache:
             if current is not None and (seen is None or current["at"] > seen["at"]):
                 return Cached(current["value"], self.clock() - current["at"], "hit")
             value = fetch()
-            self.put(name, value, ttl, stale_max)  # before the lock goes, so a waiter that takes it sees the entry
+            self.put(name, value, ttl, stale_max)  # before the lease goes, so whoever takes it next sees the entry
             return Cached(value, 0.0, "refreshed")
         except RocketChatError as error:
             # The value (when it failed) is what readers compare; the expiry only cleans the key up later.
@@ -127,10 +134,7 @@ class SharedCache:
                 return None
             raise
         finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass  # it expired while Rocket.Chat was slow; whoever holds it now continues
+            self.leases.release(lease)
 
     def _stale_or_raise(
         self, name: str, entry: dict[str, Any] | None, ttl: float, stale_max: float, error: RocketChatError | None

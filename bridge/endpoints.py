@@ -147,6 +147,23 @@ def remove_extension(rc: RocketChat, username: str) -> None:
     rc.request("DELETE", "/api/v1/omnichannel/agent/extension/{username}", path={"username": username})
 
 
+def queued_inquiries_of_rooms(
+    rc: RocketChat, rooms: set[str], department: str | None = None, for_user: bool = False
+) -> dict[str, dict[str, Any]]:
+    """The queued inquiries of ``rooms`` (room id -> inquiry), read page by page until every room was seen or the
+    list ended: ``inquiries.list`` (view-livechat-manager), or with ``for_user`` ``inquiries.queuedForUser``
+    (view-l-room; the account's departments). One call for up to a page of chats, however many wait."""
+    route = "/api/v1/livechat/inquiries.queuedForUser" if for_user else "/api/v1/livechat/inquiries.list"
+    params = {"department": department} if department else {}
+    found: dict[str, dict[str, Any]] = {}
+    for inquiry in _pages(rc, route, "inquiries", params):
+        if isinstance(inquiry, dict) and inquiry.get("rid") in rooms and isinstance(inquiry.get("_id"), str):
+            found[inquiry["rid"]] = inquiry
+            if len(found) == len(rooms):
+                break
+    return found
+
+
 def queued_inquiries(rc: RocketChat) -> list[dict[str, Any]]:
     """``GET livechat/inquiries.list`` (every queued inquiry; needs view-livechat-manager)."""
     return [i for i in _pages(rc, "/api/v1/livechat/inquiries.list", "inquiries", {}) if isinstance(i, dict)]

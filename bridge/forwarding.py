@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import endpoints
-from bridge.errors import RequestRejected, RocketChatError
-from bridge.router import MAX_TAKE_ATTEMPTS, OFFLINE_ERRORS, Router
+from bridge import endpoints, keys
+from bridge.errors import RateLimited, RequestRejected, RocketChatError
+from bridge.lease import Lease
+from bridge.router import DEFERRED, MAX_TAKE_ATTEMPTS, OFFLINE_ERRORS, Router
 from bridge.routing import Request, choose
 
 CLOSED_ERRORS = frozenset({"This_conversation_is_already_closed", "error-invalid-room"})
@@ -21,7 +22,7 @@ CLOSED_ERRORS = frozenset({"This_conversation_is_already_closed", "error-invalid
 
 @dataclass(frozen=True, slots=True)
 class Rerouted:
-    outcome: str  # forwarded | forwarded to department | not forwarded | closed
+    outcome: str  # forwarded | forwarded to department | not forwarded | closed | deferred
     agent_id: str | None
     text: str
 
@@ -32,8 +33,11 @@ def reroute(
     department_id: str | None,
     excluded: Iterable[str],
     reason: str,
+    claim: Lease,
     fallback_department: str | None = None,
 ) -> Rerouted:
+    """Forward the room to the best other agent. ``claim`` is the room's lease, held by the caller: the forward is
+    sent only while it is still the caller's (a fenced write records it as in flight first)."""
     rc = router.rocketchat()
     current = router.load.agent_of(room_id)
     excluded_ids = set(excluded) | ({current} if current else set())
@@ -64,8 +68,17 @@ def reroute(
         if reservation.outcome != "reserved" or reservation.agent_id is None:
             break
         agent_id = reservation.agent_id
+        in_flight = keys.take_in_flight(room_id)
+        if not router.leases.fenced_set(claim, in_flight, agent_id, rc.max_call_seconds + 5):
+            _undo(router, room_id, agent_id, reservation.previous_id)
+            router.defer(1.0)
+            return Rerouted(DEFERRED, None, f"room {room_id}: lease lost before the forward; not sent")
         try:
             endpoints.forward_room(rc, room_id, user_id=agent_id)
+        except RateLimited as error:
+            _undo(router, room_id, agent_id, reservation.previous_id)
+            router.defer(error.retry_after)
+            return Rerouted(DEFERRED, None, f"room {room_id}: forward deferred ({error})")
         except RequestRejected as error:
             _undo(router, room_id, agent_id, reservation.previous_id)
             code = error.error_type or ""
@@ -80,6 +93,8 @@ def reroute(
             _undo(router, room_id, agent_id, reservation.previous_id)
             _record(router, room_id, decision, choice, attempts, "failed", str(error))
             raise
+        finally:
+            router.connection.delete(in_flight)
         attempts.append({"agent_id": agent_id, "result": "forwarded"})
         return _record(router, room_id, decision, choice, attempts, "forwarded", f"forwarded: {reason}", agent_id)
     if fallback_department:

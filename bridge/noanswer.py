@@ -18,6 +18,7 @@ import time
 import redis
 
 from bridge import keys
+from bridge.errors import RateLimited
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.noanswer")
@@ -101,10 +102,12 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
     settings = watch.settings
     handled = []
     for room_id in watch.due(now):
-        claim = router.connection.lock(keys.routing_claim(room_id), timeout=60, blocking=False)
-        if not claim.acquire():
+        claim = router.leases.acquire(keys.room_lease(room_id))
+        if claim is None:
             continue
         try:
+            if router.connection.exists(keys.take_in_flight(room_id)):
+                continue  # a forward (or take) of an earlier holder may still be on its way
             state = watch.get(room_id)
             if state is None:
                 watch.stop(room_id)
@@ -119,7 +122,9 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
                 continue
             if state["attempts"] < settings.no_answer_max_attempts:
                 excluded = {*state["tried"], state["agent_id"]}
-                result = reroute(router, room_id, department, excluded, reason)
+                result = reroute(router, room_id, department, excluded, reason, claim)
+                if result.outcome == "deferred":
+                    continue  # still due: looked at again when the route's limit or the lease allows
                 if result.outcome == "forwarded" and result.agent_id:
                     watch.start(room_id, result.agent_id, department)
                     watch.forwarded(room_id)
@@ -129,9 +134,16 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
                     watch.stop(room_id)
                     continue
             if settings.no_answer_fallback_department:
-                endpoints.forward_room(
-                    router.rocketchat(), room_id, department_id=settings.no_answer_fallback_department
-                )
+                rc = router.rocketchat()
+                if not router.leases.fenced_set(claim, keys.take_in_flight(room_id), "department", rc.max_call_seconds):
+                    continue
+                try:
+                    endpoints.forward_room(rc, room_id, department_id=settings.no_answer_fallback_department)
+                except RateLimited as error:
+                    router.defer(error.retry_after)
+                    continue
+                finally:
+                    router.connection.delete(keys.take_in_flight(room_id))
                 router.decisions.record(
                     room_id,
                     {
@@ -161,8 +173,5 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
             else:
                 watch.postpone(room_id)
         finally:
-            try:
-                claim.release()
-            except redis.exceptions.LockError:
-                pass
+            router.leases.release(claim)
     return f"{len(handled)} unanswered chats handled" if handled else "no unanswered chats"

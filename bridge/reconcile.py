@@ -45,7 +45,7 @@ def reconcile_load(rc: RocketChat, load: LoadBook, grace_seconds: float = GRACE_
         for room_id in known - shown:
             # A room being routed right now is reserved before Rocket.Chat lists it: not drift.
             since = load.counted_since(room_id)
-            if load.connection.exists(keys.routing_claim(room_id)) or (since and now - since < grace_seconds):
+            if load.connection.exists(keys.lease(keys.room_lease(room_id))) or (since and now - since < grace_seconds):
                 continue
             released += load.release(room_id, agent_id)
     if added or released:

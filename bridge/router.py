@@ -10,15 +10,25 @@ order. For each chat: claim it (one router per room at a time), choose (``routin
 | ``error-agent-status-service-offline``, ``error-user-is-offline``, unknown user | releases the reservation, treats the agent as offline until the directory catches up, tries the next |
 | ``error-inquiry-taken`` | someone else took it: served, not an error (the ``taken`` webhook counts it) |
 | ``error-not-found`` / no inquiry | the chat was closed or abandoned: it leaves the queue |
-| 5xx, timeouts (after the client's retries) | releases, keeps the chat waiting, fails the job so RQ retries it |
+| no call left in the route's rate limit (``RateLimited``) | nothing was sent: releases, the chat keeps its place, routing wakes when the limit allows |
+| 5xx, timeouts (after the client's retries) | keeps the reservation (a timed-out take may have been applied), the chat keeps its place, routing wakes in a moment and resumes it |
 | 401, 403 | releases, keeps the chat waiting, records the failure (it says what to fix) and fails the job |
 
 Nobody free is not a failure: the chat keeps its place and is routed when capacity appears.
+
+Nothing here waits for a shared resource. A room is claimed with a lease (``bridge.lease``: renewed while the take is
+on its way, however slow Rocket.Chat is; freed within seconds if the worker dies); a room claimed elsewhere is
+skipped. Just before ``inquiries.take`` the router records, under its lease (a fenced write that fails if the lease
+is no longer its own), that a take is in flight; a later holder that finds that record leaves the room alone until
+the call must be over. When a rate limit, a lease or Rocket.Chat is not available now, the chat keeps its place in
+the routing queue, a wake-up is written to Redis (``ob:wake``) and the job moves on; every worker's ticker starts
+routing again at that time.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -27,13 +37,20 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from redis.lock import Lock
 
 from bridge import endpoints, keys
 from bridge.decisions import DecisionLog
 from bridge.directory import AgentDirectory, Listing
-from bridge.errors import RequestRejected, RocketChatError, RocketChatUnavailable
+from bridge.errors import (
+    FetchInProgress,
+    PermissionDenied,
+    RateLimited,
+    RequestRejected,
+    RocketChatError,
+    RocketChatUnavailable,
+)
 from bridge.events import ChatQueued
+from bridge.lease import Lease, Leases
 from bridge.load import LoadBook
 from bridge.metrics import Metrics
 from bridge.noanswer import AnswerWatch
@@ -46,8 +63,10 @@ from bridge.waiting import NO_PRIORITY, WaitingChat, WaitingQueue
 log = logging.getLogger("bridge.router")
 
 OFFLINE_ERRORS = frozenset({"error-agent-status-service-offline", "error-user-is-offline", "error-invalid-agent"})
-CLAIM_SECONDS = 30
+RECHECK_SECONDS = 30
 MAX_TAKE_ATTEMPTS = 5
+LIST_DENIED_SECONDS = 600  # after a 403 on inquiries.list, use queuedForUser for this long before asking again
+DEFERRED = "deferred"  # the chat keeps its place; routing wakes when the resource is free again
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +78,7 @@ class Reserved:
     agent_id: str
     resumed: bool  # the reservation was ours already: an earlier attempt may have taken it
     attempts: list[dict[str, Any]]
+    claim: Lease
 
 
 class Router:
@@ -83,20 +103,17 @@ class Router:
         self.metrics = metrics
         self.waiting = WaitingQueue(connection)
         self.decisions = DecisionLog(connection, settings.decision_retention_seconds)
+        self.leases = Leases(connection)
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
 
     # -- entry points ---------------------------------------------------------------------------------
-
-    def chat_queued(self, chat: ChatQueued) -> str:
-        added = self.enqueue(chat)
-        outcome = self.drain([chat.department_id])
-        return f"chat {chat.room_id} {'entered' if added else 'was already in'} the queue; {outcome}"
 
     def served_elsewhere(self, room_id: str, agent_id: str) -> None:
         """A taken/forwarded webhook says who serves the room: it leaves the queue, with a decision saying so
         unless a router holds the room's claim (that router is mid-take and records its own outcome)."""
         chat = self.waiting.remove(room_id)
-        if chat is None or self.connection.exists(keys.routing_claim(room_id)):
+        if chat is None or self.leases.holder(keys.room_lease(room_id)) is not None:
             return
         ours = chat.reserved_for == agent_id
         detail = f"served by {agent_id} (taken webhook{': our take was applied after it timed out' if ours else ''})"
@@ -114,46 +131,64 @@ class Router:
         )
 
     def drain(self, departments: Iterable[str | None] | None = None) -> str:
-        """Route every waiting chat that can be routed now, department by department, in queue order."""
+        """Route every waiting chat that can be routed now, department by department, in queue order.
+
+        Never waits: when the load book is being rebuilt elsewhere, the directory is being fetched elsewhere, a
+        route's rate limit has no call left or Rocket.Chat does not answer, the chats keep their places, a wake-up
+        is set for when that may have changed, and this returns."""
         if not self.settings.rocketchat_url:
             return f"Rocket.Chat is not configured (ROCKETCHAT_URL): {self.waiting.count()} waiting"
-        self.ensure_load_known()
-        self.rocketchat()  # made here, once, not by the first of several take threads
         routed = 0
-        listing: list[Listing] = []  # fetched once per drain, on first need
-        for department in list(departments) if departments is not None else self.waiting.departments():
-            routed += self._drain_department(department, listing).count("routed")
+        try:
+            self.ensure_load_known()
+            self.rocketchat()  # made here, once, not by the first of several take threads
+            listing: list[Listing] = []  # fetched once per drain, on first need
+            for department in list(departments) if departments is not None else self.waiting.departments():
+                routed += self._drain_department(department, listing).count("routed")
+        except RocketChatUnavailable as error:
+            self.defer(error.retry_after)
+            return f"routed {routed}, {self.waiting.count()} waiting; paused {error.retry_after:.1f} s: {error}"
         return f"routed {routed}, {self.waiting.count()} waiting"
+
+    def defer(self, seconds: float) -> None:
+        """Ask every worker's ticker to route again in ``seconds`` (the earliest of all such asks wins)."""
+        self.connection.zadd(keys.wake(), {"routing": self.clock() + max(0.05, seconds)}, lt=True)
 
     def _drain_department(self, department: str | None, listing: list[Listing]) -> list[str]:
         """Choose and reserve in queue order, here; take in up to ``routing_concurrency`` threads.
 
         Reserving in order keeps the queue's order where capacity is short (the first chat gets the last free
-        slot); the takes, each a Rocket.Chat round trip, overlap. The first failure is raised once every take
-        started has finished, so a retried job finds no take of ours still in flight.
+        slot); the takes, each a Rocket.Chat round trip, overlap. The inquiries of the chats that lack one are
+        looked up first, with one ``inquiries.list`` call for all of them. A take deferred by the route's rate limit
+        stops the walk: the chats behind it would meet the same limit. The first permanent failure is raised once
+        every take started has finished, so a retried job finds no take of ours still in flight.
         """
         outcomes: list[str] = []
         running: list[Future[str]] = []
         in_flight: list[Future[str]] = []
+        room_ids = self.waiting.room_ids(department)
+        self._look_up_inquiries(department, room_ids)
         try:
-            for room_id in self.waiting.room_ids(department):
+            for room_id in room_ids:
+                if any(f.done() and not f.exception() and f.result() == DEFERRED for f in running):
+                    break
                 claim = self._claim(room_id)
                 if claim is None:
                     continue
                 try:
-                    step = self._reserve_step(room_id, listing, None, [])
+                    step = self._reserve_step(room_id, listing, None, [], claim)
                     if isinstance(step, str):
-                        step = self._recheck(room_id, step)
+                        step = self._recheck(room_id, step, claim)
                 except BaseException:
-                    self._release_claim(claim, room_id)
+                    self._release_claim(claim)
                     raise
                 if isinstance(step, str):
-                    self._release_claim(claim, room_id)
+                    self._release_claim(claim)
                     outcomes.append(step)
                     if step == "no-capacity":
                         break  # the chats behind it in this department have the same candidates
                     continue
-                future = self._pool().submit(self._complete, claim, step, listing)
+                future = self._pool().submit(self._complete, step, listing)
                 running.append(future)
                 in_flight = [f for f in in_flight if not f.done()] + [future]
                 if len(in_flight) >= self.settings.routing_concurrency:
@@ -169,42 +204,81 @@ class Router:
             raise failure
         return outcomes
 
+    def _look_up_inquiries(self, department: str | None, room_ids: list[str]) -> None:
+        """Give the waiting chats that lack an inquiry id theirs, with one ``inquiries.list`` call for all of them
+        (``queuedForUser`` where the account lacks view-livechat-manager). A chat the page does not hold is looked up
+        alone (``getOne``) when it is taken. A rate-limited or failing list only means those lookups happen alone."""
+        wanted = {}
+        for room_id in room_ids:
+            chat = self.waiting.get(room_id)
+            if chat is not None and chat.inquiry_id is None:
+                wanted[room_id] = chat
+        if not wanted:
+            return
+        try:
+            found = self._queued_inquiries(department, set(wanted))
+        except RocketChatUnavailable as error:
+            log.debug("inquiry lookup for %d chats deferred to getOne: %s", len(wanted), error)
+            return
+        for room_id, inquiry in found.items():
+            chat = wanted[room_id]
+            weight = inquiry.get("priorityWeight")
+            priority = weight if isinstance(weight, int) and not isinstance(weight, bool) else chat.priority
+            self.waiting.update(replace(chat, inquiry_id=inquiry["_id"], priority=priority))
+
+    def _queued_inquiries(self, department: str | None, rooms: set[str]) -> dict[str, dict[str, Any]]:
+        rc = self.rocketchat()
+        if not self.connection.exists(keys.cached("inquiries-list-denied")):
+            try:
+                return endpoints.queued_inquiries_of_rooms(rc, rooms, department)
+            except PermissionDenied:
+                self.connection.set(keys.cached("inquiries-list-denied"), "1", ex=LIST_DENIED_SECONDS)
+                log.info("inquiries.list is not permitted (view-livechat-manager): using inquiries.queuedForUser")
+        return endpoints.queued_inquiries_of_rooms(rc, rooms, department, for_user=True)
+
     # -- one chat -------------------------------------------------------------------------------------
 
-    def _claim(self, room_id: str) -> Lock | None:
-        """One router per room at a time; a router that finds the room claimed asks its holder to look again."""
-        claim = self.connection.lock(
-            keys.routing_claim(room_id), timeout=CLAIM_SECONDS, blocking=False, thread_local=False
-        )
-        if claim.acquire():
-            return claim
-        self.connection.set(keys.recheck(room_id), "1", ex=CLAIM_SECONDS)
-        return None
+    def _claim(self, room_id: str) -> Lease | None:
+        """One router per room at a time (a lease); a router that finds the room claimed asks its holder to look
+        again. A take that an earlier holder may still have on its way (its lease lapsed) keeps the room off limits
+        until that call must be over."""
+        claim = self.leases.acquire(keys.room_lease(room_id))
+        if claim is None:
+            self.connection.set(keys.recheck(room_id), "1", ex=RECHECK_SECONDS)
+            return None
+        if self.connection.exists(keys.take_in_flight(room_id)):
+            log.warning("room %s: an earlier take may still be on its way; leaving it for now", room_id)
+            self.leases.release(claim)
+            self.defer(1.0)
+            return None
+        return claim
 
-    def _release_claim(self, claim: Lock, room_id: str) -> None:
-        try:
-            claim.release()
-        except redis.exceptions.LockError:
-            log.warning("routing claim on %s expired before release", room_id, extra={"room_id": room_id})
+    def _release_claim(self, claim: Lease) -> None:
+        self.leases.release(claim)
 
-    def _complete(self, claim: Lock, step: Reserved, listing: list[Listing]) -> str:
+    def _complete(self, step: Reserved, listing: list[Listing]) -> str:
         try:
-            return self._recheck(step.chat.room_id, self._take_step(step, listing))
+            return self._recheck(step.chat.room_id, self._take_step(step, listing), step.claim)
         finally:
-            self._release_claim(claim, step.chat.room_id)
+            self._release_claim(step.claim)
 
-    def _recheck(self, room_id: str, outcome: str) -> str:
+    def _recheck(self, room_id: str, outcome: str, claim: Lease) -> str:
         """Capacity may have appeared while we held the claim and another router skipped this room: look again."""
         while outcome in ("no-capacity", "waiting") and self.connection.getdel(keys.recheck(room_id)):
-            outcome = self._route(room_id, [])
+            outcome = self._route(room_id, [], claim)
         return outcome
 
-    def _route(self, room_id: str, listing: list[Listing]) -> str:
-        step = self._reserve_step(room_id, listing, None, [])
+    def _route(self, room_id: str, listing: list[Listing], claim: Lease) -> str:
+        step = self._reserve_step(room_id, listing, None, [], claim)
         return step if isinstance(step, str) else self._take_step(step, listing)
 
     def _reserve_step(
-        self, room_id: str, listing: list[Listing], chat: WaitingChat | None, attempts: list[dict[str, Any]]
+        self,
+        room_id: str,
+        listing: list[Listing],
+        chat: WaitingChat | None,
+        attempts: list[dict[str, Any]],
+        claim: Lease,
     ) -> Reserved | str:
         """Choose an agent for the chat and reserve a slot atomically; an outcome when there is nothing to take."""
         chat = chat or self.waiting.get(room_id)
@@ -239,7 +313,7 @@ class Router:
         agent_id = reservation.agent_id or ""
         chat = replace(chat, reserved_for=agent_id, attempts=chat.attempts + 1)
         self.waiting.update(chat)
-        return Reserved(chat, choice, agent_id, reservation.outcome == "already", attempts)
+        return Reserved(chat, choice, agent_id, reservation.outcome == "already", attempts, claim)
 
     def _take_step(self, step: Reserved, listing: list[Listing]) -> str:
         """Take the reserved chat for its agent; on a refusal, reserve the next agent and try again (a few times)."""
@@ -247,18 +321,24 @@ class Router:
         while True:
             chat, choice, agent_id, attempts = step.chat, step.choice, step.agent_id, step.attempts
             if chat.inquiry_id is None:
-                found = self._find_inquiry(rc, chat)
+                try:
+                    found = self._find_inquiry(rc, chat)
+                except RocketChatUnavailable as error:
+                    self._release(step)
+                    self.defer(error.retry_after)
+                    return DEFERRED
                 if isinstance(found, str):
                     self.load.release(chat.room_id, agent_id)
                     self._count_reservation("released")
                     return found
                 chat = found
-            try:
-                result = self._take(rc, chat, agent_id, step.resumed)
-            except RocketChatUnavailable:
+            result = self._take(rc, chat, agent_id, step)
+            if result == DEFERRED:
+                return DEFERRED
+            if result == "no-answer":
                 # No answer. If a taken (or closed) webhook was applied meanwhile, the truth is known already.
                 if self.waiting.get(chat.room_id) is not None:
-                    raise
+                    return DEFERRED
                 served = self.load.agent_of(chat.room_id)
                 outcome, detail = ("served", f"served by {served} (taken webhook)") if served else ("gone", "closed")
                 return self._leave(chat, outcome, detail, choice, listing[0], attempts, agent_id=served)
@@ -282,15 +362,24 @@ class Router:
             self.waiting.update(chat)
             if len(attempts) >= MAX_TAKE_ATTEMPTS:
                 return self._wait(chat, choice, listing[0], attempts)
-            following = self._reserve_step(chat.room_id, listing, chat, attempts)
+            following = self._reserve_step(chat.room_id, listing, chat, attempts, step.claim)
             if isinstance(following, str):
                 return following
             step = following
 
+    def _release(self, step: Reserved) -> None:
+        """Nothing was sent for this reservation: give the slot back, unless an earlier attempt may have used it."""
+        if step.resumed:
+            return
+        self.load.release(step.chat.room_id, step.agent_id)
+        self._count_reservation("released")
+        self.waiting.update(replace(step.chat, reserved_for=None))
+
     def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.settings.routing_concurrency, thread_name_prefix="take")
-        return self._executor
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.settings.routing_concurrency, thread_name_prefix="take")
+            return self._executor
 
     def _find_inquiry(self, rc: RocketChat, chat: WaitingChat) -> WaitingChat | str:
         inquiry = endpoints.inquiry_for_room(rc, chat.room_id)
@@ -304,38 +393,54 @@ class Router:
         self.waiting.update(chat)
         return chat
 
-    def _take(self, rc: RocketChat, chat: WaitingChat, agent_id: str, resumed: bool) -> str:
-        """Take the inquiry for the agent; returns taken | inquiry-taken | not-found | offline | refused."""
+    def _take(self, rc: RocketChat, chat: WaitingChat, agent_id: str, step: Reserved) -> str:
+        """Take the inquiry for the agent: taken | inquiry-taken | not-found | offline | refused | no-answer | deferred.
+
+        The take is sent only while the room's lease is still ours, checked in the same step that records the take
+        as in flight; the record goes once Rocket.Chat has answered (or the longest call has passed)."""
+        room_id = chat.room_id
+        in_flight = keys.take_in_flight(room_id)
+        if not self.leases.fenced_set(step.claim, in_flight, agent_id, rc.max_call_seconds + 5):
+            log.warning("room %s: lease lost before the take; not sent", room_id, extra={"room_id": room_id})
+            self.defer(1.0)
+            return DEFERRED
         try:
             endpoints.take_inquiry(rc, chat.inquiry_id or "", agent_id)
             return "taken"
+        except RateLimited as error:
+            self._release(step)  # nothing was sent (or Rocket.Chat refused it with 429): nothing was applied
+            self.defer(error.retry_after)
+            return DEFERRED
         except RequestRejected as error:
             code = error.error_type or ""
             if code == "error-inquiry-taken":
-                if not resumed:  # ours only if an interrupted attempt of ours took it; else someone else did
-                    self.load.release(chat.room_id, agent_id)
+                if not step.resumed:  # ours only if an interrupted attempt of ours took it; else someone else did
+                    self.load.release(room_id, agent_id)
                     self._count_reservation("released")
                 return "inquiry-taken"
-            self.load.release(chat.room_id, agent_id)
+            self.load.release(room_id, agent_id)
             self._count_reservation("released")
             if code == "error-not-found":
                 return "not-found"
             if code in OFFLINE_ERRORS or "user is invalid" in str(error).lower():
                 self.mark_unavailable(agent_id)
                 return "offline"
-            log.warning("take refused for %s: %s", chat.room_id, error, extra={"room_id": chat.room_id})
+            log.warning("take refused for %s: %s", room_id, error, extra={"room_id": room_id})
             return "refused"
         except RocketChatUnavailable as error:
             # No answer is not a "no": Rocket.Chat may have applied the take. The reservation and reserved_for stay,
-            # so the retried job resumes with the same agent and learns the truth (taken, or take it now).
+            # so the next attempt resumes with the same agent and learns the truth (taken, or take it now).
             self._record(chat, "retrying later", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
-            raise
+            self.defer(error.retry_after)
+            return "no-answer"
         except RocketChatError as error:
-            self.load.release(chat.room_id, agent_id)
+            self.load.release(room_id, agent_id)
             self._count_reservation("released")
             self.waiting.update(replace(chat, reserved_for=None))
             self._record(chat, "failed", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
             raise
+        finally:
+            self.connection.delete(in_flight)
 
     # -- bookkeeping ----------------------------------------------------------------------------------
 
@@ -353,24 +458,19 @@ class Router:
 
     def ensure_load_known(self) -> None:
         """Before routing on a load book Redis may have lost (first start, a restart without persistence), rebuild
-        it from Rocket.Chat's open rooms once; until then, routing on empty counts could overfill agents."""
+        it from Rocket.Chat's open rooms once; until then, routing on empty counts could overfill agents. One
+        process rebuilds (the lease ``load-rebuild``); the others do not wait for it: they defer their routing."""
         if self.connection.exists(keys.load_known()):
             return
-        lock = self.connection.lock(keys.load_rebuild_lock(), timeout=120, blocking_timeout=120)
-        if not lock.acquire():
-            raise RocketChatUnavailable("the load book is being rebuilt from Rocket.Chat", route="load")
-        try:
+        with self.leases.holding("load-rebuild") as lease:
+            if lease is None:
+                raise FetchInProgress("the load book is being rebuilt from Rocket.Chat by another worker", route="load")
             if not self.connection.exists(keys.load_known()):
                 from bridge.reconcile import reconcile_load
 
-                log.warning("no load book in Redis: rebuilding it from Rocket.Chat before routing")
-                log.warning(reconcile_load(self.rocketchat(), self.load))
+                log.info("no load book in Redis (first start, or Redis lost its data): rebuilding it from Rocket.Chat")
+                log.info(reconcile_load(self.rocketchat(), self.load))
                 self.connection.set(keys.load_known(), "1")
-        finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass
 
     def mark_unavailable(self, agent_id: str) -> None:
         """Rocket.Chat says the agent cannot take work: skip them until the directory has caught up."""

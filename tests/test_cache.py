@@ -4,7 +4,8 @@ import pytest
 import redis
 
 from bridge.cache import SharedCache
-from bridge.errors import RocketChatUnavailable
+from bridge.errors import FetchInProgress, RocketChatUnavailable
+from tests.support import wait_for
 
 
 class Clock:
@@ -23,28 +24,60 @@ def test_a_fresh_entry_is_served_without_fetching(redis_client):
     assert len(calls) == 1
 
 
-def test_concurrent_readers_of_a_missing_entry_cause_one_fetch(redis_url):
-    calls, results = [], []
+def test_concurrent_readers_of_a_missing_entry_cause_one_fetch_and_wait_for_nobody(redis_url):
+    calls, results, busy = [], [], []
     gate = threading.Event()
 
     def fetch():
         calls.append(1)
-        gate.wait(1.0)  # keep the lock while the others arrive
+        gate.wait(2.0)  # keep the lease while the others arrive
         return {"v": 1}
 
     def read():
         connection = redis.Redis.from_url(redis_url)
-        results.append(SharedCache(connection).get("x", fetch, ttl=60, stale_max=60).value)
+        try:
+            results.append(SharedCache(connection).get("x", fetch, ttl=60, stale_max=60).value)
+        except FetchInProgress:
+            busy.append(1)  # at once, not after the fetch: nobody waits for another process
         connection.close()
 
     threads = [threading.Thread(target=read) for _ in range(30)]
     for thread in threads:
         thread.start()
+    wait_for(lambda: len(busy) == 29, timeout=1.5)  # the fetch is still held by the gate
     gate.set()
     for thread in threads:
         thread.join()
     assert len(calls) == 1
-    assert results == [{"v": 1}] * 30
+    assert results == [{"v": 1}]
+    assert SharedCache(redis.Redis.from_url(redis_url)).get("x", fetch, ttl=60, stale_max=60).value == {"v": 1}
+    assert len(calls) == 1, "whoever comes back finds the entry"
+
+
+def test_a_reader_that_may_wait_gets_the_other_process_result(redis_url):
+    gate = threading.Event()
+
+    def fetch():
+        gate.wait(2.0)
+        return {"v": 2}
+
+    holder = threading.Thread(target=lambda: SharedCache(redis.Redis.from_url(redis_url)).get("x", fetch, 60, 60))
+    holder.start()
+    wait_for(lambda: redis.Redis.from_url(redis_url).exists("ob:lease:refresh:x"), timeout=2)
+    threading.Timer(0.2, gate.set).start()
+    value = SharedCache(redis.Redis.from_url(redis_url)).get("x", fetch, ttl=60, stale_max=60, wait_max=5).value
+    holder.join()
+    assert value == {"v": 2}
+
+
+def test_a_dead_refreshers_lease_frees_within_seconds(redis_client):
+    # A process that died mid-fetch leaves its lease: nobody renews it, so it expires on its own.
+    redis_client.set("ob:lease:refresh:x", "1|host|999999|dead", px=5000)
+    cache = SharedCache(redis_client)
+    with pytest.raises(FetchInProgress):
+        cache.get("x", lambda: {"v": 3}, ttl=60, stale_max=60)
+    wait_for(lambda: not redis_client.exists("ob:lease:refresh:x"), timeout=6, interval=0.1)
+    assert cache.get("x", lambda: {"v": 3}, ttl=60, stale_max=60).value == {"v": 3}
 
 
 def test_refresh_ahead_happens_before_expiry(redis_client):

@@ -1,14 +1,17 @@
 """The cached agent directory against the double: one call for many readers, 7.x = 8.x, stale while failing."""
 
 import threading
+import time
 
 import pytest
 import redis
 
 from bridge.cache import SharedCache
 from bridge.directory import AgentDirectory
+from bridge.errors import FetchInProgress
 from bridge.load import LoadBook
 from bridge.rocketchat import RocketChat
+from tests.support import report
 from tests.team import SALES, SUPPORT, seed_team
 
 AVAILABLE = "/api/v1/omnichannel/agents/available"
@@ -35,13 +38,19 @@ def team(rc_state):
 
 
 def test_two_hundred_concurrent_lookups_make_one_agents_available_call(rc_settings, rc_state, team, redis_url):
-    results, errors = [], []
+    results, busy, errors = [], [], []
 
     def look_up():
         connection = redis.Redis.from_url(redis_url)  # its own connection and client, like another process
         directory, rc = make_directory(rc_settings, connection)
         try:
-            results.append(len(directory.agents().agents))
+            for _ in range(200):  # a job that got FetchInProgress comes back later (here: at once)
+                try:
+                    results.append(len(directory.agents().agents))
+                    break
+                except FetchInProgress:
+                    busy.append(1)
+                    time.sleep(0.05)
         except Exception as error:  # collected and asserted below
             errors.append(error)
         finally:
@@ -57,6 +66,7 @@ def test_two_hundred_concurrent_lookups_make_one_agents_available_call(rc_settin
     assert results == [len(team)] * 200
     assert rc_state.calls("GET", AVAILABLE) == 1
     assert rc_state.calls("GET", "/api/info") == 1
+    report(f"directory: 200 concurrent lookups, 1 agents/available call, {len(busy)} told to come back")
 
 
 @pytest.mark.parametrize("version", ["7.13.9", "8.8.1"])

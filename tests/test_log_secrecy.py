@@ -206,7 +206,7 @@ def test_no_secret_or_visitor_data_reaches_logs_or_jobs(settings, rc_state, rc_s
         assert client.get("/decisions/voice-call-1", headers=bearer).json()["decisions"][-1]["outcome"] == "assigned"
 
         # Rocket.Chat answering 503 (after the retries), then 403
-        for status, route in ((503, "/api/v1/livechat/inquiries.take"), (403, "/api/v1/livechat/inquiries.getOne")):
+        for status, route in ((503, "/api/v1/livechat/inquiries.take"), (403, "/api/v1/livechat/inquiries.")):
             failing, _ = rc_state.open_chat(department=SALES, visitor={"name": f"Failing Visitor {status}"})
             rc_state.inject(route, status=status)
             assert client.post("/webhooks/livechat", json=queued(rc_state, failing), headers=HOOK).status_code == 200

@@ -4,6 +4,7 @@ import pytest
 
 from bridge import keys
 from bridge.directory import AgentDirectory
+from bridge.lease import Leases
 from bridge.load import LoadBook
 from bridge.reconcile import reconcile_load
 from bridge.rocketchat import RocketChat
@@ -33,13 +34,13 @@ def test_a_room_being_routed_or_just_counted_is_not_drift(parts, redis_client):
     team, rc, directory, load = parts
     load.reserve("room-being-taken", [(team["ana"], 2)])
     load.reserve("room-just-taken", [(team["bo"], 3)])
-    claim = redis_client.lock(keys.routing_claim("room-being-taken"), timeout=30)
-    claim.acquire()
+    leases = Leases(redis_client)
+    claim = leases.acquire(keys.room_lease("room-being-taken"))
     assert "0 released" in reconcile_load(rc, load, grace_seconds=60)
     assert load.counts() == {team["ana"]: 1, team["bo"]: 1}
     assert "1 released" in reconcile_load(rc, load, grace_seconds=0)
     assert load.counts() == {team["ana"]: 1}
-    claim.release()
+    leases.release(claim)
 
 
 def test_queued_inquiries_whose_webhooks_were_lost_are_routed(rc_settings, rc_state, redis_client, parts):

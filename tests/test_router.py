@@ -143,10 +143,11 @@ def test_rocketchat_down_keeps_the_chat_waiting_until_it_returns(rc_settings, rc
     # No answer is not a "no": the take may have happened, so the slot stays reserved for the same agent.
     held = LoadBook(redis_client).counts()
     assert len(held) == 1 and next(iter(held.values())) == 1
+    assert redis_client.zscore("ob:wake", "routing"), "routing asked to be woken"
     rc_state.clear_faults()
-    from workers.jobs import drain
+    from workers.context import current
 
-    assert drain().startswith("routed 1")
+    assert current().router.drain().startswith("routed 1")
     assert served_by(rc_state, room) == next(iter(held))
     assert LoadBook(redis_client).counts() == held
 
@@ -163,9 +164,10 @@ def test_a_take_applied_by_rocketchat_after_our_timeout_is_counted_once(
 
     wait_for(lambda: served_by(rc_state, room), timeout=5)
     agent = served_by(rc_state, room)
-    from workers.jobs import drain
+    from workers.context import current
 
-    drain()  # the retry: Rocket.Chat says error-inquiry-taken; the bridge keeps counting the room on that agent
+    # The retry: Rocket.Chat says error-inquiry-taken; the bridge keeps counting the room on that agent.
+    current().router.drain()
     assert LoadBook(redis_client).counts() == {agent: 1}
     assert DecisionLog(redis_client, 60).for_room(room["_id"])[-1]["outcome"] == "served"
 
@@ -178,7 +180,8 @@ def test_a_served_chat_is_forwarded_to_the_next_agent(rc_settings, rc_state, tea
     rc_state.assign(room["_id"], "ana")
     LoadBook(redis_client).assign(room["_id"], team["ana"])
     ctx = context.install(rc_settings, redis_client)
-    outcome = reroute(ctx.router, room["_id"], SALES, (), "the agent did not answer")
+    claim = ctx.router.leases.acquire(f"room:{room['_id']}")
+    outcome = reroute(ctx.router, room["_id"], SALES, (), "the agent did not answer", claim)
     assert (outcome.outcome, outcome.agent_id) == ("forwarded", team["bo"])
     assert served_by(rc_state, room) == team["bo"]
     forward = [r for r in rc_state.requests() if r.path.endswith("room.forward")]
@@ -208,7 +211,8 @@ def test_forwarding_skips_an_offline_agent_and_moves_the_count_back_on_failure(
     room, _ = rc_state.open_chat(department=SALES)
     rc_state.assign(room["_id"], "ana")
     LoadBook(redis_client).assign(room["_id"], team["ana"])
-    outcome = reroute(context.install(rc_settings, redis_client).router, room["_id"], SALES, (), "test")
+    router = context.install(rc_settings, redis_client).router
+    outcome = reroute(router, room["_id"], SALES, (), "test", router.leases.acquire(f"room:{room['_id']}"))
     assert outcome.outcome == "not forwarded"
     assert served_by(rc_state, room) == team["ana"]
     assert LoadBook(redis_client).counts() == {team["ana"]: 1}
@@ -248,3 +252,74 @@ def test_takes_in_parallel_fill_capacity_exactly_and_in_queue_order(rc_settings,
     assert LoadBook(redis_client).counts() == {team["ana"]: 2, team["bo"]: 3}
     takes = [r for r in rc_state.requests() if r.path == "/api/v1/livechat/inquiries.take"]
     assert [r.status for r in takes] == [200] * 5
+
+
+def test_the_inquiries_of_a_batch_are_looked_up_with_one_list_call(rc_settings, rc_state, team, bridge, redis_client):
+    rooms = [rc_state.open_chat(department=SALES)[0] for _ in range(3)]
+    for room in rooms:
+        deliver(bridge, queued_webhook(rc_state, room))
+    route(rc_settings, redis_client)
+    assert all(served_by(rc_state, room) for room in rooms)
+    assert rc_state.calls("GET", "/api/v1/livechat/inquiries.list") == 1
+    assert rc_state.calls("GET", "/api/v1/livechat/inquiries.getOne") == 0
+    assert rc_state.calls("POST", "/api/v1/livechat/inquiries.take") == 3
+
+
+def test_without_view_livechat_manager_queued_for_user_is_used_and_remembered(
+    rc_settings, rc_state, team, bridge, redis_client
+):
+    rc_state.revoke("livechat-manager", "view-livechat-manager")
+    for _ in range(2):
+        room, _ = rc_state.open_chat(department=SALES)
+        deliver(bridge, queued_webhook(rc_state, room))
+        route(rc_settings, redis_client)
+        assert served_by(rc_state, room)
+    assert rc_state.calls("GET", "/api/v1/livechat/inquiries.list") == 1, rc_state.log_lines()
+    assert rc_state.calls("GET", "/api/v1/livechat/inquiries.queuedForUser") == 2
+
+
+def test_a_take_with_no_call_left_in_the_limit_is_not_sent_and_the_chat_keeps_its_place(
+    rc_settings, rc_state, team, bridge, redis_client
+):
+    from bridge.ratelimits import Heard, RateLimits
+    from bridge.waiting import WaitingQueue
+
+    limits = RateLimits(redis_client)
+    take = "POST /api/v1/livechat/inquiries.take"
+    limits.learned(take, limits.acquire(take), Heard(True, limit=10, remaining=0, reset_in_ms=30_000))
+    room, _ = rc_state.open_chat(department=SALES)
+    deliver(bridge, queued_webhook(rc_state, room))
+    started = __import__("time").time()
+    route(rc_settings, redis_client)
+    assert rc_state.calls("POST", "/api/v1/livechat/inquiries.take") == 0
+    assert WaitingQueue(redis_client).get(room["_id"]) is not None
+    assert LoadBook(redis_client).counts() == {}, "the reservation was given back"
+    wake = redis_client.zscore("ob:wake", "routing")
+    assert wake is not None and 25 < wake - started <= 31, "routing wakes when the window ends"
+
+
+def test_a_room_whose_earlier_take_may_still_be_on_its_way_is_left_alone(
+    rc_settings, rc_state, team, bridge, redis_client
+):
+    room, _ = rc_state.open_chat(department=SALES)
+    redis_client.set(f"ob:in-flight:{room['_id']}", team["ana"], ex=30)  # a holder whose lease lapsed mid-take
+    deliver(bridge, queued_webhook(rc_state, room))
+    route(rc_settings, redis_client)
+    assert rc_state.calls("POST", "/api/v1/livechat/inquiries.take") == 0
+    redis_client.delete(f"ob:in-flight:{room['_id']}")  # the call is over
+    from workers.context import current
+
+    current().router.drain()
+    assert served_by(rc_state, room)
+
+
+def test_a_room_claimed_elsewhere_is_skipped_without_waiting(rc_settings, rc_state, team, bridge, redis_client):
+    from bridge.lease import Leases
+
+    room, _ = rc_state.open_chat(department=SALES)
+    other = Leases(redis_client).acquire(f"room:{room['_id']}")  # another worker is routing it
+    deliver(bridge, queued_webhook(rc_state, room))
+    route(rc_settings, redis_client)
+    assert served_by(rc_state, room) is None
+    assert redis_client.exists(f"ob:recheck:{room['_id']}"), "the holder is asked to look again"
+    Leases(redis_client).release(other)

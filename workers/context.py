@@ -15,14 +15,15 @@ from functools import cached_property
 import redis
 from rq import Queue
 
-from bridge.budget import CallBudget
 from bridge.cache import SharedCache
 from bridge.directory import AgentDirectory
 from bridge.eventlog import EventBatches
 from bridge.jobqueue import make_queue
+from bridge.lease import Leases
 from bridge.load import LoadBook
 from bridge.metrics import Metrics
 from bridge.noanswer import AnswerWatch
+from bridge.ratelimits import RateLimits
 from bridge.rocketchat import RocketChat
 from bridge.router import Router
 from bridge.settings import Settings
@@ -39,15 +40,20 @@ class WorkerContext:
 
     def rocketchat(self) -> RocketChat:
         if self._rocketchat is None:
-            budget = CallBudget(self.redis, self.settings.rocketchat_calls_per_minute)
-            self._rocketchat = RocketChat(self.settings, budget=budget, metrics=self.metrics)
+            limits = RateLimits(self.redis, self.settings.rocketchat_calls_per_minute, self.leases)
+            self._rocketchat = RocketChat(self.settings, limits=limits, metrics=self.metrics)
         return self._rocketchat
+
+    @cached_property
+    def leases(self) -> Leases:
+        return Leases(self.redis)
 
     @cached_property
     def directory(self) -> AgentDirectory:
         cache = SharedCache(
             self.redis,
             on_outcome=lambda name, outcome: self.metrics.inc("omnibridge_directory_lookups", outcome=outcome),
+            leases=self.leases,
         )
         return AgentDirectory(self.settings, self.redis, self.rocketchat, cache=cache)
 
@@ -88,5 +94,6 @@ def install(settings: Settings, connection: redis.Redis) -> WorkerContext:
 def current() -> WorkerContext:
     if _current is None:
         settings = Settings.from_env(os.environ)
+        settings.require_worker()
         return install(settings, redis.Redis.from_url(settings.require_redis()))
     return _current

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 from rq import get_current_job
 
 from bridge import keys
-from bridge.errors import RocketChatError
+from bridge.errors import RocketChatError, RocketChatUnavailable
 from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, Event, MessageSent, event_from_dict
 from workers.context import WorkerContext, current
 
@@ -108,11 +110,6 @@ def _apply_one(event: dict) -> str:
     return f"{outcome}; {route_after(ctx, effects)}"
 
 
-def drain() -> str:
-    """Route whatever waiting chats can be routed now (scheduled, or after capacity appeared)."""
-    return current().router.drain()
-
-
 def route_voice(request_id: str, extension: str, department_id: str | None) -> str:
     """``POST /voice/route``: associate the extension with an available agent."""
     from bridge.voice import route_extension
@@ -137,20 +134,30 @@ def refresh_directory() -> str:
 
 
 def tick() -> str:
-    """Every ``TICK_SECONDS`` (enqueued by the workers' tickers): route what waits, recover queued inquiries the
-    bridge missed, re-route unanswered chats, and check the load against Rocket.Chat when due."""
-    ctx = current()
-    ctx.redis.delete(keys.tick_pending())
-    _catch_up_events(ctx)
-    if not ctx.settings.rocketchat_url:
-        return ctx.router.drain()
-    try:
-        return _tick(ctx)
-    except RocketChatError as error:
-        # The next tick tries again; a failed tick job would only fill RQ's failed registry.
-        level = logging.WARNING if error.transient else logging.ERROR
-        log.log(level, "tick: %s", error)
-        return f"tick stopped: {error}"
+    """A tick queued as a job (by a version whose tickers enqueued them): runs one like the tickers do."""
+    return run_tick(current())
+
+
+def run_tick(ctx: WorkerContext) -> str:
+    """One tick, run by a worker's ticker thread every ``TICK_SECONDS`` and when routing asked to be woken: route
+    what waits, recover queued inquiries the bridge missed, re-route unanswered chats, and check the load against
+    Rocket.Chat when due. One tick at a time in the whole deployment (the lease ``tick``); each step that calls
+    Rocket.Chat on a schedule of its own runs under its own lease too."""
+    with ctx.leases.holding("tick") as lease:
+        if lease is None:
+            return "a tick is running elsewhere"
+        ctx.redis.set(keys.tick_last(), f"{time.time():.3f}")
+        ctx.metrics.inc("omnibridge_ticks")
+        _catch_up_events(ctx)
+        if not ctx.settings.rocketchat_url:
+            return ctx.router.drain()
+        try:
+            return _tick(ctx)
+        except RocketChatError as error:
+            # The next tick tries again.
+            level = logging.WARNING if error.transient else logging.ERROR
+            log.log(level, "tick: %s", error)
+            return f"tick stopped: {error}"
 
 
 def _catch_up_events(ctx: WorkerContext) -> None:
@@ -166,24 +173,39 @@ def _catch_up_events(ctx: WorkerContext) -> None:
 
 
 def _tick(ctx: WorkerContext) -> str:
+    from bridge.noanswer import reroute_unanswered
+    from bridge.reconcile import reconcile_load, recover_queued
+
     outcome = ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
-    if ctx.redis.set(keys.recover_due(), "1", nx=True, ex=ctx.settings.inquiry_reconcile_seconds):
-        from bridge.reconcile import recover_queued
-
-        outcome += "; " + recover_queued(ctx.rocketchat(), ctx.router)
+    outcome += _when_due(
+        ctx,
+        keys.recover_due(),
+        ctx.settings.inquiry_reconcile_seconds,
+        "recover-queued",
+        lambda: recover_queued(ctx.rocketchat(), ctx.router),
+    )
     if ctx.answers.enabled:
-        from bridge.noanswer import reroute_unanswered
-
         outcome += "; " + reroute_unanswered(ctx.router, ctx.answers)
-    if ctx.redis.set(keys.reconcile_due(), "1", nx=True, ex=ctx.settings.load_reconcile_seconds):
-        from bridge.reconcile import reconcile_load
-
-        outcome += "; " + reconcile_load(ctx.rocketchat(), ctx.load)
+    outcome += _when_due(
+        ctx,
+        keys.reconcile_due(),
+        ctx.settings.load_reconcile_seconds,
+        "load-reconcile",
+        lambda: reconcile_load(ctx.rocketchat(), ctx.load),
+    )
     return outcome
 
 
-def reroute_chat(room_id: str, department_id: str | None, reason: str) -> str:
-    """Forward a served chat to another agent (``room.forward``), excluding whoever already had it."""
-    from bridge.forwarding import reroute
-
-    return reroute(current().router, room_id, department_id, (), reason).text
+def _when_due(ctx: WorkerContext, due_key: str, period: int, lease_name: str, step: Callable[[], str]) -> str:
+    """Run ``step`` at most once per ``period`` in the deployment, under its lease; if Rocket.Chat could not be
+    asked now (a rate limit, an outage), it is due again at the next tick."""
+    if not ctx.redis.set(due_key, "1", nx=True, ex=period):
+        return ""
+    with ctx.leases.holding(lease_name) as lease:
+        if lease is None:
+            return ""
+        try:
+            return "; " + step()
+        except RocketChatUnavailable:
+            ctx.redis.delete(due_key)
+            raise

@@ -1,10 +1,14 @@
-"""The periodic tick, kept alive by every worker process (not by RQ's scheduler).
+"""The periodic tick, run by a thread of every worker process (not by RQ, nor by RQ's scheduler).
 
-A thread in each worker enqueues ``workers.jobs.tick`` every ``TICK_SECONDS`` unless one is already waiting
-(``tick-pending``, set with NX, cleared when the tick starts, expiring on its own). It needs nothing but Redis
-answering: after a Redis outage or a restart that lost every key it resumes by itself, which a self-scheduling
-job chain or RQ's scheduler process (which exits on a connection error and is restarted only by worker
-maintenance) would not.
+Every second the thread looks at two things in Redis: whether the next tick is due (``tick-due``, set with NX for
+``TICK_SECONDS`` by whichever ticker runs a tick, so the deployment ticks once per period however many workers
+run), and whether routing asked to be woken (``wake``: a rate limit, a lease held elsewhere or Rocket.Chat not
+answering made a job leave chats waiting until a given time). Either way it runs ``workers.jobs.run_tick`` right
+here, in this thread, under the lease ``tick``: ticks keep their schedule whatever the worker's main thread is
+doing, and no queue full of other jobs can delay them. A tick already running elsewhere is not waited for.
+
+It needs nothing but Redis answering: after a Redis outage or a restart that lost every key, it resumes by itself.
+A failing tick is logged and the thread goes on; it never dies of one.
 """
 
 from __future__ import annotations
@@ -12,14 +16,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import redis
 
-from bridge import jobqueue, keys
+from bridge import keys
 from bridge.settings import Settings
 from workers import context
 
 log = logging.getLogger("workers.ticker")
+
+LOOK_SECONDS = 1.0
+BUSY_RETRY_SECONDS = 0.5
 
 
 class Ticker(threading.Thread):
@@ -32,19 +40,36 @@ class Ticker(threading.Thread):
         # Leave SIGTERM/SIGINT to the main thread: a signal the kernel hands to this thread would not interrupt
         # the main thread's blocking dequeue, and RQ's warm shutdown would wait for the dequeue timeout.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        connection = redis.Redis.from_url(self.settings.require_redis(), socket_connect_timeout=2, socket_timeout=2)
-        queue = jobqueue.make_queue(self.settings, connection)
-        period = self.settings.tick_seconds
-        while not self.stopping.wait(period):
+        while not self.stopping.wait(min(LOOK_SECONDS, self.settings.tick_seconds)):
             try:
-                if connection.set(keys.tick_pending(), "1", nx=True, ex=max(30, 4 * period)):
-                    jobqueue.enqueue(queue, self.settings.replace(job_retries=0), jobqueue.TICK, result_ttl=60)
+                self.look()
             except (redis.RedisError, OSError) as error:
-                log.debug("tick not enqueued: Redis %s", type(error).__name__)
-            context.current().metrics.flush()  # counters of a quiet worker reach Redis too
-        connection.close()
+                log.debug("no tick: Redis %s", type(error).__name__)
+            except Exception:
+                log.exception("tick failed; the next one runs as scheduled")
+            try:
+                context.current().metrics.flush()  # counters of a quiet worker reach Redis too
+            except Exception:
+                log.exception("metrics not flushed")
+
+    def look(self) -> str | None:
+        """Run a tick if one is due or routing asked to be woken; the tick's outcome, or None."""
+        from workers.jobs import run_tick
+
+        ctx = context.current()
+        connection = ctx.redis
+        due = bool(connection.set(keys.tick_due(), "1", nx=True, ex=self.settings.tick_seconds))
+        woken = bool(connection.zremrangebyscore(keys.wake(), "-inf", time.time()))
+        if not (due or woken):
+            return None
+        outcome = run_tick(ctx)
+        if woken and outcome == "a tick is running elsewhere":
+            # The running tick may have drained before the wake-up was due: ask again in a moment.
+            connection.zadd(keys.wake(), {"routing": time.time() + BUSY_RETRY_SECONDS}, lt=True)
+        log.log(logging.DEBUG if outcome.startswith(("nothing", "a tick")) else logging.INFO, "tick: %s", outcome)
+        return outcome
 
     def stop(self) -> None:
         self.stopping.set()
         if self.is_alive():
-            self.join(timeout=5)
+            self.join(timeout=15)
