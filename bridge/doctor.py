@@ -2,6 +2,10 @@
 
 Every Rocket.Chat check is a harmless call: reads, or a forward of a room that does not exist (Rocket.Chat checks
 permissions before it looks for the room, so a 400 ``error-invalid-room`` proves the permission is there).
+
+Rate limits are not guessed from the roles: the checks' own answers carry Rocket.Chat's ``X-RateLimit-*`` headers
+on every route that limits this account (none when it holds ``api-bypass-rate-limit``), and the table shows what
+they said, route by route, as the workers learn it (``bridge.ratelimits``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import redis
 
 from bridge import endpoints
 from bridge.errors import CredentialsRejected, PermissionDenied, RequestRejected, RocketChatError
+from bridge.ratelimits import RateLimits
 from bridge.rocketchat import RocketChat
 from bridge.settings import Settings
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
-BYPASS_ROLES = ("admin", "bot", "app")  # default holders of api-bypass-rate-limit
 PROBE_ID = "omnibridge-doctor-probe"
+UNAUTHENTICATED = frozenset({"GET /api/info", "POST /api/v1/login"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +73,40 @@ def run_checks(settings: Settings) -> list[Check]:
     checks = [_redis(settings)]
     if not settings.rocketchat_url:
         return [*checks, Check("Rocket.Chat", FAIL, "ROCKETCHAT_URL is not set", "set ROCKETCHAT_URL")]
-    rc = RocketChat(settings.replace(rocketchat_retries=min(settings.rocketchat_retries, 1)))
+    connection = redis.Redis.from_url(settings.redis_url) if checks[0].result == PASS and settings.redis_url else None
+    limits = RateLimits(connection, settings.rocketchat_calls_per_minute) if connection is not None else None
+    rc = RocketChat(settings.replace(rocketchat_retries=min(settings.rocketchat_retries, 1)), limits=limits)
     try:
-        return checks + _rocketchat_checks(rc, settings)
+        checks += _rocketchat_checks(rc, settings)
+        if limits is not None and len(checks) > 3:  # credentials passed: the permission checks' answers were read
+            checks.append(_learned_limits(limits))
+        return checks
     finally:
         rc.close()
+        if connection is not None:
+            connection.close()
+
+
+def _learned_limits(limits: RateLimits) -> Check:
+    """What Rocket.Chat's headers said of the routes called so far (by these checks and by the workers). Calls made
+    without the account (``/api/info``, login) are limited per IP whatever its roles: they say nothing of it."""
+    known = {route: entry for route, entry in limits.known().items() if route not in UNAUTHENTICATED}
+    limited = {route: entry for route, entry in known.items() if entry["mode"] == "limited"}
+    if not known:
+        return Check("rate limits", SKIP, "no answer read yet")
+    if not limited:
+        return Check("rate limits", PASS, f"none: {len(known)} routes answered without X-RateLimit headers")
+    shown = "; ".join(
+        f"{route} {entry['limit']} per window ({entry['remaining']} left, resets in {entry['reset_in']:.0f} s)"
+        for route, entry in sorted(limited.items())
+    )
+    return Check(
+        "rate limits",
+        WARN,
+        f"Rocket.Chat limits {len(limited)} of {len(known)} routes: {shown}",
+        "the bridge keeps to these limits (chats wait for the next window); give the service account the bot role "
+        "(permission api-bypass-rate-limit) to route faster",
+    )
 
 
 def _rocketchat_checks(rc: RocketChat, settings: Settings) -> list[Check]:
@@ -100,18 +134,6 @@ def _rocketchat_checks(rc: RocketChat, settings: Settings) -> list[Check]:
         return [*checks, Check("credentials", FAIL, str(error), "check the credentials")]
     roles = [r for r in me.get("roles", []) if isinstance(r, str)]
     checks.append(Check("credentials", PASS, f"logged in as {me.get('username')} (roles: {', '.join(roles)})"))
-    bypass = [r for r in roles if r in BYPASS_ROLES]
-    if bypass:
-        checks.append(Check("rate limits", PASS, f"bypassed (role {bypass[0]})"))
-    else:
-        checks.append(
-            Check(
-                "rate limits",
-                WARN,
-                "limited to 10 calls per minute per route (no bot/admin/app role)",
-                "give the service account the bot role, or keep ROCKETCHAT_CALLS_PER_MINUTE under Rocket.Chat's limit",
-            )
-        )
     me_id = str(me.get("_id", ""))
     checks += [
         _permission(

@@ -74,3 +74,24 @@ def test_increments_survive_a_failed_flush(redis_client, redis_server):
     redis_server.start()
     metrics.flush()
     assert Metrics(redis_client).totals() == {("omnibridge_reservations", (("result", "reserved"),)): 1.0}
+
+
+def test_the_rate_limits_learned_from_rocketchat_are_shown_per_route(rc_settings, rc_state, redis_client):
+    from bridge.ratelimits import RateLimits
+    from bridge.settings import Secret
+
+    limited_id, limited_token = rc_state.add_account("limited", ["user", "livechat-manager"])  # no bot role
+    limited = RocketChat(
+        rc_settings.replace(rocketchat_user_id=limited_id, rocketchat_auth_token=Secret(limited_token)),
+        limits=RateLimits(redis_client),
+    )
+    endpoints.me(limited)
+    bot = RocketChat(rc_settings, limits=RateLimits(redis_client))
+    endpoints.inquiry_for_room(bot, "no-such-room")
+    for client in (limited, bot):
+        client.close()
+    with ServerThread(create_app(rc_settings)) as server:
+        text = scrape(server.url)
+    assert 'omnibridge_rocketchat_rate_limit{route="GET /api/v1/me"} 10.0' in text
+    assert 'omnibridge_rocketchat_rate_limit_remaining{route="GET /api/v1/me"} 9.0' in text
+    assert 'omnibridge_rocketchat_rate_limit{route="GET /api/v1/livechat/inquiries.getOne"} -1.0' in text
