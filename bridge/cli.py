@@ -290,10 +290,7 @@ def _start_sandbox(
         webhook_url=webhook_url,
         webhook_token=child_env.get("ROCKETCHAT_WEBHOOK_TOKEN", ""),
     ).start()
-    sandbox_env = sandbox.bridge_env()
-    if "ROCKETCHAT_CALLS_PER_MINUTE" in child_env:
-        del sandbox_env["ROCKETCHAT_CALLS_PER_MINUTE"]  # a budget you set yourself stays
-    child_env.update(sandbox_env)  # the sandbox's account, whatever credentials the environment held
+    child_env.update(sandbox.bridge_env())  # the sandbox's account, whatever credentials the environment held
     for name in ("ROCKETCHAT_USERNAME", "ROCKETCHAT_PASSWORD"):
         child_env.pop(name, None)
     say(

@@ -84,7 +84,6 @@ def running(
         "ROCKETCHAT_USER_ID": service_account.user_id,
         "ROCKETCHAT_AUTH_TOKEN": service_account.token,
         "ROCKETCHAT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-        "ROCKETCHAT_CALLS_PER_MINUTE": "0",  # the service account has the bot role
         "BRIDGE_API_TOKEN": API_TOKEN,
         "TICK_SECONDS": "1",
         "DIRECTORY_TTL_SECONDS": "1",

@@ -133,7 +133,6 @@ def bridge(rc_state, rc_server, service_account, redis_url, redis_client, tmp_pa
         "ROCKETCHAT_USER_ID": service_account.user_id,
         "ROCKETCHAT_AUTH_TOKEN": service_account.token,
         "ROCKETCHAT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-        "ROCKETCHAT_CALLS_PER_MINUTE": "0",  # the service account has the bot role
         "BRIDGE_API_TOKEN": API_TOKEN,
         "ROCKETCHAT_EXTERNAL_QUEUE_TOKEN": QUEUE_TOKEN,
         "TICK_SECONDS": str(TICK_SECONDS),

@@ -49,7 +49,6 @@ def worker_process(rc_settings):
         ROCKETCHAT_URL=rc_settings.rocketchat_url,
         ROCKETCHAT_USER_ID=rc_settings.rocketchat_user_id,
         ROCKETCHAT_AUTH_TOKEN=rc_settings.rocketchat_auth_token,
-        ROCKETCHAT_CALLS_PER_MINUTE="0",  # the service account has the bot role
         PYTHONPATH=str(ROOT),
         LOG_LEVEL="WARNING",
     )

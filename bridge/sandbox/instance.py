@@ -62,8 +62,6 @@ class SandboxInstance:
             "ROCKETCHAT_URL": self.url,
             "ROCKETCHAT_USER_ID": self.account.user_id,
             "ROCKETCHAT_AUTH_TOKEN": self.account.token,
-            # The account has the bot role, so Rocket.Chat's rate limit does not apply: no call budget needed.
-            "ROCKETCHAT_CALLS_PER_MINUTE": "0",
         }
 
     def summary(self) -> list[str]:
