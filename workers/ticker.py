@@ -40,9 +40,12 @@ class Ticker(threading.Thread):
         # Leave SIGTERM/SIGINT to the main thread: a signal the kernel hands to this thread would not interrupt
         # the main thread's blocking dequeue, and RQ's warm shutdown would wait for the dequeue timeout.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        while not self.stopping.wait(min(LOOK_SECONDS, self.settings.tick_seconds)):
+        pause = min(LOOK_SECONDS, self.settings.tick_seconds)
+        while not self.stopping.wait(pause):
+            pause = min(LOOK_SECONDS, self.settings.tick_seconds)
             try:
                 self.look()
+                pause = min(pause, self.until_woken())
             except (redis.RedisError, OSError) as error:
                 log.debug("no tick: Redis %s", type(error).__name__)
             except Exception:
@@ -68,6 +71,11 @@ class Ticker(threading.Thread):
             connection.zadd(keys.wake(), {"routing": time.time() + BUSY_RETRY_SECONDS}, lt=True)
         log.log(logging.DEBUG if outcome.startswith(("nothing", "a tick")) else logging.INFO, "tick: %s", outcome)
         return outcome
+
+    def until_woken(self) -> float:
+        """Seconds until the earliest wake-up routing asked for (a rate-limit window's end, a probe's answer)."""
+        earliest = context.current().redis.zrange(keys.wake(), 0, 0, withscores=True)
+        return max(0.02, earliest[0][1] - time.time()) if earliest else LOOK_SECONDS
 
     def stop(self) -> None:
         self.stopping.set()
