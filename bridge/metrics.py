@@ -66,6 +66,7 @@ class Metrics:
         self.lock = threading.Lock()
         self.pending: Counter[str] = Counter()
         self.flushed_at = time.monotonic()
+        self.failing = False  # the last flush failed: say so once per outage, not once a second
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         if name not in COUNTERS:
@@ -99,9 +100,15 @@ class Metrics:
                 pipe.hincrbyfloat(keys.metrics(), field, amount)
             pipe.execute()
         except (redis.RedisError, OSError) as error:
-            log.warning("metrics not written yet (Redis %s); kept for the next flush", type(error).__name__)
+            level = logging.DEBUG if self.failing else logging.WARNING
+            log.log(level, "metrics not written yet (Redis %s); kept for the next flush", type(error).__name__)
+            self.failing = True
             with self.lock:
                 self.pending.update(batch)
+            return
+        if self.failing:
+            self.failing = False
+            log.info("metrics written again")
 
     def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         result = {}
