@@ -11,10 +11,13 @@ from rq import get_current_job
 
 from bridge import keys
 from bridge.errors import RocketChatError, RocketChatUnavailable
+from bridge.eventlog import PENDING_SECONDS
 from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, Event, MessageSent, event_from_dict
 from workers.context import WorkerContext, current
 
 log = logging.getLogger("workers.jobs")
+
+STUCK_SECONDS = 10
 
 
 def process_events() -> str:
@@ -165,11 +168,19 @@ def _catch_up_events(ctx: WorkerContext) -> None:
     returned = ctx.batches.sweep()
     if returned:
         log.warning("tick: %d event(s) of a lost batch returned to the event log", returned)
-    if ctx.batches.backlog() and not ctx.redis.exists(keys.events_pending()):
+    if ctx.batches.backlog() and _no_job_will_read_it(ctx):
         try:
             log.info("tick: %s", apply_log(ctx, f"tick-{uuid.uuid4().hex}"))
         except RocketChatError as error:
             log.warning("tick: events applied, routing stopped: %s", error)
+
+
+def _no_job_will_read_it(ctx: WorkerContext) -> bool:
+    """No ``process_events`` job is pending, or the pending one has not started for ``STUCK_SECONDS`` (its worker
+    died after Redis handed it the job, for one). Applying the log is safe alongside a job: each claims its own lines.
+    """
+    ttl = ctx.redis.ttl(keys.events_pending())
+    return ttl < 0 or PENDING_SECONDS - ttl > STUCK_SECONDS
 
 
 def _tick(ctx: WorkerContext) -> str:

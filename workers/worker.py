@@ -120,12 +120,34 @@ class QuietScheduler(RQScheduler):
     multiprocessing printing a second one): ``run_worker`` reports the outage and starts a new scheduler."""
 
     def work(self) -> None:
+        close_inherited_redis_sockets()
         try:
             super().work()
         except REDIS_DOWN as error:
             if not is_outage(error):
                 raise
             self.log.info("Scheduler [PID %s] stopped: Redis unreachable (%s)", os.getpid(), type(error).__name__)
+
+
+def close_inherited_redis_sockets() -> None:
+    """In a forked child (RQ's scheduler), close the sockets of the parent's Redis connections.
+
+    The child inherits every socket of the worker, including the one of its blocking dequeue (``BLMOVE``). Were the
+    worker SIGKILLed, that socket would stay open in the child, Redis would still see the worker's dequeue waiting,
+    and hand it the next job: a job no one runs until RQ's intermediate-queue cleanup, a minute or more later (found
+    by tests/test_liveness.py). Closing the child's copy does not touch the parent's (no shutdown: only this
+    process's file descriptor goes).
+    """
+    import gc
+
+    for connection in [o for o in gc.get_objects() if isinstance(o, redis.connection.AbstractConnection)]:
+        sock = getattr(connection, "_sock", None)
+        if sock is not None and getattr(connection, "pid", os.getpid()) != os.getpid():
+            try:
+                sock.close()
+            except OSError:
+                pass
+            connection._sock = None
 
 
 class StopSignal:
