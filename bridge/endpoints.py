@@ -19,6 +19,7 @@ MAX_PAGES = 200
 
 AVAILABLE = "/api/v1/omnichannel/agents/available"
 USERS_AGENT = "/api/v1/livechat/users/agent"
+TAKE = "/api/v1/livechat/inquiries.take"
 
 
 def server_version(rc: RocketChat) -> str:
@@ -109,7 +110,7 @@ def inquiry_for_room(rc: RocketChat, room_id: str) -> dict[str, Any] | None:
 
 def take_inquiry(rc: RocketChat, inquiry_id: str, user_id: str) -> None:
     """``POST livechat/inquiries.take`` on behalf of an agent (needs only view-l-room)."""
-    rc.request("POST", "/api/v1/livechat/inquiries.take", json={"inquiryId": inquiry_id, "userId": user_id})
+    rc.request("POST", TAKE, json={"inquiryId": inquiry_id, "userId": user_id})
 
 
 def forward_room(rc: RocketChat, room_id: str, user_id: str | None = None, department_id: str | None = None) -> None:

@@ -188,10 +188,13 @@ class Router:
                     if step == "no-capacity":
                         break  # the chats behind it in this department have the same candidates
                     continue
+                probe = self._take_needs_probe()
+                if probe:
+                    wait(in_flight)  # our own takes: the probe goes alone, so the others are not refused meanwhile
                 future = self._pool().submit(self._complete, step, listing)
                 running.append(future)
                 in_flight = [f for f in in_flight if not f.done()] + [future]
-                if len(in_flight) >= self.settings.routing_concurrency:
+                if probe or len(in_flight) >= self.settings.routing_concurrency:
                     wait(in_flight, return_when=FIRST_COMPLETED)
         finally:
             failure = None
@@ -203,6 +206,12 @@ class Router:
         if failure is not None:
             raise failure
         return outcomes
+
+    def _take_needs_probe(self) -> bool:
+        """Is nothing known of ``inquiries.take``'s rate limit now (first take, or a window that ended)? Then one
+        take goes first and the answer says how many may follow (``bridge.ratelimits``)."""
+        limits = self.rocketchat().limits
+        return limits is not None and limits.needs_probe(f"POST {endpoints.TAKE}")
 
     def _look_up_inquiries(self, department: str | None, room_ids: list[str]) -> None:
         """Give the waiting chats that lack an inquiry id theirs, with one ``inquiries.list`` call for all of them

@@ -124,3 +124,14 @@ def test_the_reset_is_read_in_rocketchats_own_clock_from_its_date_header():
     }
     heard = heard_from(200, headers, now=1_700_000_000.0)
     assert heard is not None and 20_000 <= heard.reset_in_ms <= 20_500
+
+
+def test_a_probe_is_needed_before_anything_is_known_and_after_a_window_ends(redis_client):
+    limits = RateLimits(redis_client)
+    assert limits.needs_probe(ROUTE)
+    limits.learned(ROUTE, limits.acquire(ROUTE), limited(remaining=5, reset_in_ms=200))
+    assert not limits.needs_probe(ROUTE)
+    threading.Event().wait(0.25)
+    assert limits.needs_probe(ROUTE)
+    limits.learned(ROUTE, None, Heard(limited=False))
+    assert not limits.needs_probe(ROUTE)
