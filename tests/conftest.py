@@ -80,8 +80,33 @@ def rc_settings(settings, rc_server, service_account) -> Settings:
     )
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    from tests.support import SUMMARIES
+def pytest_configure(config) -> None:
+    """On the controller (or a run without xdist): a file every process appends its summaries to."""
+    import os
+    import tempfile
 
-    for text in SUMMARIES:
+    from tests.support import SUMMARY_FILE
+
+    if not hasattr(config, "workerinput"):
+        handle, path = tempfile.mkstemp(prefix="omnibridge-summaries-", suffix=".txt")
+        os.close(handle)
+        os.environ[SUMMARY_FILE] = path
+
+
+def pytest_unconfigure(config) -> None:
+    import os
+
+    from tests.support import SUMMARY_FILE
+
+    if not hasattr(config, "workerinput") and os.environ.get(SUMMARY_FILE):
+        try:
+            os.unlink(os.environ.pop(SUMMARY_FILE))
+        except OSError:
+            pass
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.support import summaries
+
+    for text in summaries():
         terminalreporter.write_line(text.strip("\n"))

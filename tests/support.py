@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,13 +15,28 @@ import uvicorn
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 
 # Summaries tests want shown after the run even when output is captured (printed by conftest's terminal summary).
+# Under pytest-xdist the tests run in worker processes: each appends to the file the controller names here.
 SUMMARIES: list[str] = []
+SUMMARY_FILE = "OMNIBRIDGE_TEST_SUMMARIES"
 
 
 def report(text: str) -> None:
     """Show ``text`` in the test run's closing summary (and now, with ``-s``)."""
     SUMMARIES.append(text)
+    path = os.environ.get(SUMMARY_FILE)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:  # one write per summary: appends do not interleave
+            out.write(text.strip("\n") + "\n\x00")
     print(text)
+
+
+def summaries() -> list[str]:
+    """Every summary reported in this run, by this process or by any xdist worker."""
+    path = os.environ.get(SUMMARY_FILE)
+    if not path or not os.path.exists(path):
+        return list(SUMMARIES)
+    with open(path, encoding="utf-8") as found:
+        return [text for text in found.read().split("\x00") if text.strip()]
 
 
 def fixture_names() -> list[str]:
