@@ -128,7 +128,7 @@ class Bridge:
     A private redis-server (``EmbeddedRedis``), the double serving ``state`` in this process, one
     ``python -m bridge web`` and one ``python -m bridge worker`` process, and (unless ``poster`` is None) the
     double's ``WebhookPoster`` posting every livechat event to the web process. The service account has the bot
-    role and ``ROCKETCHAT_CALLS_PER_MINUTE=0``; ``extra`` adds to or overrides the child environment.
+    role; ``extra`` adds to or overrides the child environment.
     """
 
     def __init__(
@@ -160,7 +160,6 @@ class Bridge:
                     "ROCKETCHAT_USER_ID": user_id,
                     "ROCKETCHAT_AUTH_TOKEN": token,
                     "ROCKETCHAT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-                    "ROCKETCHAT_CALLS_PER_MINUTE": "0",
                     "LOG_LEVEL": "WARNING",
                     "SPOOL_DIR": str(work / "spool"),
                     **(extra or {}),

@@ -5,7 +5,7 @@
 The Procfile's setup, as in bench/routing.py (``bench.common.Bridge``): one ``python -m bridge web`` and one
 ``python -m bridge worker`` process, a private redis-server and the Rocket.Chat double (``bridge.sandbox``, in this
 process) whose ``WebhookPoster`` posts each queued chat to the web process. ``--agents`` agents with a large
-capacity, so nobody is ever full; the service account has the ``bot`` role and ``ROCKETCHAT_CALLS_PER_MINUTE=0``.
+capacity, so nobody is ever full; the service account has the ``bot`` role.
 
 1. Reference: the double's own round trip. A fresh interpreter (so it does not share this process's GIL with the
    double) calls ``GET livechat/inquiries.getOne?roomId=`` ``--round-trips`` times, one after the other, on one

@@ -4,7 +4,7 @@
 
 The Procfile's setup, as in bench/routing.py (``bench.common.Bridge``): one ``python -m bridge web`` and one
 ``python -m bridge worker`` process, a private redis-server and the Rocket.Chat double (in this process) whose
-``WebhookPoster`` posts each queued chat to the web process; bot-role account, ``ROCKETCHAT_CALLS_PER_MINUTE=0``.
+``WebhookPoster`` posts each queued chat to the web process; bot-role account, default settings.
 Two departments: one with ``--agents`` agents of large capacity, one with no agent at all, so its chats wait.
 
 1. Processes: ``VmRSS`` from ``/proc/<pid>/status`` sampled every 0.1 s, and ``VmHWM`` (the kernel's peak RSS

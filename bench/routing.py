@@ -5,7 +5,7 @@
 The Procfile's setup: one ``python -m bridge web`` and one ``python -m bridge worker`` process, a private
 redis-server (``EmbeddedRedis``) and the Rocket.Chat double (``bridge.sandbox``, in this process) whose
 ``WebhookPoster`` posts each queued chat to the web process. Many agents with a large capacity, so nobody is
-ever full; the service account has the ``bot`` role and ``ROCKETCHAT_CALLS_PER_MINUTE=0``.
+ever full; the service account has the ``bot`` role, and every setting is at its default.
 
 1. Reference: ``--trivial`` ``bench.trivial.noop`` jobs are put on the bridge's queue and the same worker
    process runs them; jobs/s from the enqueue to the last one finished.
@@ -13,8 +13,8 @@ ever full; the service account has the ``bot`` role and ``ROCKETCHAT_CALLS_PER_M
    ``inquiries.take`` the double answered 200. Also: ``agents/available`` calls per 1,000 routed chats and the
    other Rocket.Chat calls per chat.
 3. With ``--limited-seconds`` > 0: the double's default rate limiter (10 calls per minute per route), a service
-   account without the bot role and the bridge's default call budget; chats are opened for that long and the
-   429s the double answered are counted.
+   account without the bot role, the bridge learning the limit from the X-RateLimit headers; chats are opened for
+   that long and the chats routed per window and the 429s the double answered are counted.
 
 The double, the poster, web, worker and Redis share the machine: figures vary 10-40% between runs; compare
 them within one run. Timings are printed, never asserted.
@@ -73,8 +73,6 @@ class Setup:
             "LOG_LEVEL": "WARNING",
             "SPOOL_DIR": str(work / "spool"),
         }
-        if bot:
-            extra["ROCKETCHAT_CALLS_PER_MINUTE"] = "0"
         self.env = child_env(extra)
         self.web_log, self.worker_log = work / f"web-{self.port}.log", work / f"worker-{self.port}.log"
         self.web = spawn([python(), "-m", "bridge", "web", "--port", str(self.port)], self.env, self.web_log)
@@ -150,7 +148,7 @@ def limited(work: Path, agents: int, seconds: float) -> None:
         calls = Counter(e.path.removeprefix("/api/v1/") for e in entries)
         routed = setup.taken.count(rooms)
         print(
-            f"rate-limited (non-bot account, default budget, double limits 10/min/route): {len(rooms)} chats opened "
+            f"rate-limited (non-bot account, limits learned, double limits 10/min/route): {len(rooms)} chats opened "
             f"over {seconds:.0f} s, {routed} routed within {time.monotonic() - started:.0f} s"
         )
         print(f"  429s: {sum(limited_calls.values())} {dict(limited_calls)}; calls made: {dict(calls)}")
