@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from bridge.errors import InvalidEvent
+from bridge.identifiers import check_rocketchat_id
 
 # The admin's "test webhook" call (POST livechat/webhook.test) sends this fixed room id (reference 1.6).
 WEBHOOK_TEST_ROOM_ID = "fasd6f5a4sd6f8a4sdf"
@@ -237,6 +238,14 @@ class _Fields:
             raise InvalidEvent(f"field '{self._name(key)}' must not be empty", self._name(key))
         return value
 
+    def ident(self, key: str, required: bool = False) -> str | None:
+        """A Rocket.Chat id (``bridge.identifiers``): a string of at most 64 letters, digits, ``_``, ``-`` or ``.``.
+        An optional one may be empty (Rocket.Chat sends ``""`` for none in places); nothing else absurd passes."""
+        value = self.text(key, required=required)
+        if value:
+            check_rocketchat_id(value, self._name(key))
+        return value
+
     def obj(self, key: str, required: bool = False) -> _Fields | None:
         value = self.data.get(key)
         if value is None:
@@ -266,23 +275,23 @@ class _Fields:
         ref = self.obj(key, required=required)
         if ref is None:
             return None
-        return AgentRef(id=ref.text("_id", required=True) or "", username=ref.text("username"))
+        return AgentRef(id=ref.ident("_id", required=True) or "", username=ref.text("username"))
 
 
 def _room_id(fields: _Fields) -> str:
-    return fields.text("_id", required=True) or ""
+    return fields.ident("_id", required=True) or ""
 
 
 def _served_by(fields: _Fields) -> tuple[AgentRef | None, str | None]:
     """The serving agent and when it was assigned: ``servedBy`` when sent, else the room's ``agent``."""
     served = fields.obj("servedBy")
     if served is not None:
-        return AgentRef(served.text("_id", required=True) or "", served.text("username")), served.text("ts")
+        return AgentRef(served.ident("_id", required=True) or "", served.text("username")), served.text("ts")
     return fields.agent("agent"), None
 
 
 def _parse_started(f: _Fields) -> Event:
-    return ChatStarted(room_id=_room_id(f), department_id=f.text("departmentId"))
+    return ChatStarted(room_id=_room_id(f), department_id=f.ident("departmentId"))
 
 
 def _parse_queued(f: _Fields) -> Event:
@@ -290,8 +299,8 @@ def _parse_queued(f: _Fields) -> Event:
     assert visitor is not None
     return ChatQueued(
         room_id=_room_id(f),
-        department_id=f.text("departmentId") or visitor.text("department"),
-        visitor_id=visitor.text("_id", required=True),
+        department_id=f.ident("departmentId") or visitor.ident("department"),
+        visitor_id=visitor.ident("_id", required=True),
         created_at=f.text("createdAt"),
         last_message_at=f.text("lastMessageAt"),
         crm_digest=f.digest("crmData"),
@@ -302,7 +311,7 @@ def _parse_taken(f: _Fields) -> Event:
     agent, served_at = _served_by(f)
     if agent is None:
         raise InvalidEvent("field 'servedBy' is required", "servedBy")
-    return ChatTaken(room_id=_room_id(f), agent=agent, served_at=served_at, department_id=f.text("departmentId"))
+    return ChatTaken(room_id=_room_id(f), agent=agent, served_at=served_at, department_id=f.ident("departmentId"))
 
 
 def _parse_forwarded(f: _Fields) -> Event:
@@ -311,9 +320,9 @@ def _parse_forwarded(f: _Fields) -> Event:
         room_id=_room_id(f),
         agent=agent,
         served_at=served_at,
-        department_id=f.text("departmentId"),
+        department_id=f.ident("departmentId"),
         old_agent=f.agent("oldServedBy"),
-        old_department_id=f.text("oldDepartmentId"),
+        old_department_id=f.ident("oldDepartmentId"),
     )
 
 
@@ -328,7 +337,7 @@ def _parse_closed(f: _Fields) -> Event:
         agent=agent,
         closed_at=f.text("closedAt"),
         closer=f.text("closer"),
-        department_id=f.text("departmentId"),
+        department_id=f.ident("departmentId"),
         is_test=is_test,
     )
 
@@ -350,8 +359,8 @@ def _parse_message(f: _Fields) -> Event:
     message = _Fields(messages[0], "messages.0.")
     return MessageSent(
         room_id=_room_id(f),
-        message_id=message.text("_id", required=True) or "",
-        agent_id=message.text("agentId"),
+        message_id=message.ident("_id", required=True) or "",
+        agent_id=message.ident("agentId"),
         sent_at=message.text("ts"),
         edited_at=message.text("editedAt"),
     )
