@@ -61,7 +61,11 @@ KINDS = {
         keys.waiting_departments(),
     ),
     "dedupe marks (expire after DEDUPE_TTL_SECONDS)": (prefix(keys.seen),),
-    f"decisions (per room, and {keys.recent_decisions()}, capped)": (prefix(keys.decisions), keys.recent_decisions()),
+    f"decisions (per record, their index, and {keys.recent_decisions()}, capped)": (
+        prefix(lambda kind: keys.decisions(kind, "")),
+        prefix(keys.decision_index),
+        keys.recent_decisions(),
+    ),
     "RQ (jobs, results, registries; results expire)": ("rq:",),
 }
 

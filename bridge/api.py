@@ -2,9 +2,14 @@
 
 | endpoint | auth | answers |
 |---|---|---|
-| ``GET /external-queue?departmentId=&ignoreAgentId=`` | ``X-RocketChat-Secret-Token`` = ``ROCKETCHAT_EXTERNAL_QUEUE_TOKEN`` | 200 ``{"_id","username"}`` or ``{}``; 403 wrong token; 404 not enabled; 503 Redis down |
-| ``POST /voice/route`` ``{"extension", "departmentId"?, "requestId"?}`` | ``Authorization: Bearer`` ``BRIDGE_API_TOKEN`` | 202 ``{"id", "decision"}``; 400 bad body; 401/403 token; 503 Redis down |
-| ``GET /decisions/{roomId}`` | ``Authorization: Bearer`` ``BRIDGE_API_TOKEN`` | 200 ``{"room_id", "decisions": [...]}``, 404 none; 401/403 token |
+| ``GET /external-queue?departmentId=&ignoreAgentId=`` | ``X-RocketChat-Secret-Token`` = ``ROCKETCHAT_EXTERNAL_QUEUE_TOKEN`` | 200 ``{"_id","username"}`` or ``{}``; 400 an id that is not one (field named); 403 wrong token; 404 not enabled; 503 Redis down |
+| ``POST /voice/route`` ``{"extension", "departmentId"?, "requestId"?}`` | ``Authorization: Bearer`` ``BRIDGE_API_TOKEN`` | 202 ``{"id", "decision"}``; 400 bad body; 401/403 token; 429 too many queued; 503 Redis down |
+| ``GET /decisions/{roomId}`` (a chat) | ``Authorization: Bearer`` ``BRIDGE_API_TOKEN`` | 200 ``{"room_id", "decisions": [...]}``, 400 not an id, 404 none; 401/403 token |
+| ``GET /decisions/voice/{requestId}`` | the same | 200 ``{"request_id", "decisions": [...]}``, 400, 404; 401/403 |
+| ``GET /decisions/external/{departmentId}`` (``-``: none) | the same | 200 ``{"department_id", "decisions": [...]}``, 400, 404; 401/403 |
+
+Every id taken from input is checked here, before anything is read or written (``bridge.identifiers``): a
+Rocket.Chat id (1-64 letters, digits, ``_``, ``-``, ``.``), or for ``requestId`` 1-64 letters, digits, ``_``, ``-``.
 
 Without ``BRIDGE_API_TOKEN`` the bearer endpoints answer 403 (unless ``BRIDGE_INSECURE_DEV=1``); without
 ``ROCKETCHAT_EXTERNAL_QUEUE_TOKEN`` the External Service endpoint answers 404.
@@ -16,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 import redis
 from redis.exceptions import RedisError
@@ -30,15 +36,18 @@ from bridge.decisions import DecisionLog
 from bridge.directory import AgentDirectory
 from bridge.errors import InvalidEvent
 from bridge.external import ExternalQueue
+from bridge.identifiers import REQUEST_ID_RULE, check_request_id, check_rocketchat_id, is_request_id
 from bridge.load import LoadBook
 from bridge.settings import Settings
-from bridge.voice import voice_decision_id
+from bridge.voice import voice_job_id
+from bridge.voicequeue import VoiceSlots, token_digest
 
 log = logging.getLogger("bridge.api")
 
 EXTENSION = re.compile(r"[0-9A-Za-z*#+_.-]{1,32}")
-IDENTIFIER = re.compile(r"[0-9A-Za-z_-]{1,64}")  # Rocket.Chat ids, and what RQ allows in a job id
 VOICE_BODY_LIMIT = 4096
+VOICE_RETRY_AFTER_SECONDS = 5
+NO_DEPARTMENT = "-"  # the External Service record of queries that named no department
 
 
 def _no_rocketchat() -> None:
@@ -47,9 +56,11 @@ def _no_rocketchat() -> None:
 
 def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
     load = LoadBook(connection)
-    decisions = DecisionLog(connection, settings.decision_retention_seconds)
+    decisions = DecisionLog.from_settings(connection, settings)
     directory = AgentDirectory(settings, connection, _no_rocketchat)  # type: ignore[arg-type]
     queue = jobqueue.make_queue(settings, connection)
+    voice_queue = jobqueue.make_voice_queue(settings, connection)
+    voice_slots = VoiceSlots.from_settings(connection, settings)
 
     def request_refresh() -> None:
         slot = int(time.time() // max(1.0, settings.directory_ttl_seconds))
@@ -70,6 +81,10 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
             return answer(403, ok=False, error="wrong bridge API token")
         return None
 
+    # Whom a voice request counts against, once ``bearer_problem`` passed it: the digest of the configured token it
+    # matched (with BRIDGE_INSECURE_DEV and no token, of none: whatever a request sends is not a new caller).
+    api_caller = token_digest(settings.api_token)
+
     async def external_queue(request: Request) -> Response:
         if not settings.external_queue_token and not settings.insecure_dev:
             return answer(
@@ -81,6 +96,12 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
             return answer(403, ok=False, error="missing or wrong X-RocketChat-Secret-Token")
         department = request.query_params.get("departmentId") or None
         ignore = request.query_params.get("ignoreAgentId") or None
+        try:
+            for field, value in (("departmentId", department), ("ignoreAgentId", ignore)):
+                if value is not None:
+                    check_rocketchat_id(value, field)
+        except InvalidEvent as error:
+            return answer(400, ok=False, error=str(error), field=error.field)
         try:
             result = await run_in_threadpool(external.answer, department, ignore)
         except (RedisError, OSError) as error:
@@ -100,38 +121,86 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
         except BodyTooLarge:
             return answer(413, ok=False, error=f"body larger than {VOICE_BODY_LIMIT} bytes")
         try:
-            await run_in_threadpool(
-                jobqueue.enqueue,
-                queue,
+            claim = await run_in_threadpool(enqueue_voice, api_caller, request_id, extension, department)
+        except (RedisError, OSError) as error:
+            return answer(503, ok=False, error=f"cannot record the request now (Redis {type(error).__name__})")
+        if claim.refused:
+            cap, limit, queued = (
+                ("VOICE_QUEUE_MAX", settings.voice_queue_max, claim.queued)
+                if claim.outcome == "total"
+                else ("VOICE_QUEUE_MAX_PER_TOKEN", settings.voice_queue_max_per_token, claim.queued_for_token)
+            )
+            log.warning("voice request refused: %d queued (%s)", queued, cap, extra={"status": 429})
+            refused = answer(
+                429,
+                ok=False,
+                error=f"too many voice requests queued ({queued}, {cap} is {limit}); retry once some have been routed",
+                cap=cap,
+                queued=queued,
+            )
+            refused.headers["Retry-After"] = str(VOICE_RETRY_AFTER_SECONDS)
+            return refused
+        return answer(202, ok=True, id=request_id, decision=f"/decisions/voice/{request_id}")
+
+    def enqueue_voice(digest: str, request_id: str, extension: str, department: str | None) -> Any:
+        claim = voice_slots.claim(digest, request_id)
+        if claim.outcome != "ok":
+            return claim  # refused at a cap, or already queued (answered 202 again, counted once)
+        try:
+            job_id = jobqueue.enqueue(
+                voice_queue,
                 settings,
                 jobqueue.ROUTE_VOICE,
                 request_id,
                 extension,
                 department,
-                job_id=voice_decision_id(request_id),
+                job_id=voice_job_id(request_id),
                 unique=True,
             )
-        except (RedisError, OSError) as error:
-            return answer(503, ok=False, error=f"cannot record the request now (Redis {type(error).__name__})")
-        return answer(202, ok=True, id=request_id, decision=f"/decisions/{voice_decision_id(request_id)}")
+        except BaseException:
+            voice_slots.release(request_id)
+            raise
+        if job_id is None:
+            voice_slots.release(request_id)  # its job exists already (finished or failed): nothing new waits
+        return claim
 
-    async def room_decisions(request: Request) -> Response:
-        problem = bearer_problem(request)
-        if problem is not None:
-            return problem
-        room_id = request.path_params["room_id"]
-        try:
-            found = await run_in_threadpool(decisions.for_room, room_id)
-        except (RedisError, OSError) as error:
-            return answer(503, ok=False, error=f"Redis unavailable ({type(error).__name__})")
-        if not found:
-            return answer(404, ok=False, error=f"no decision recorded for {room_id}")
-        return JSONResponse({"room_id": room_id, "decisions": found})
+    def decisions_of(kind: str, path_param: str, field: str, answer_key: str) -> Any:
+        async def endpoint(request: Request) -> Response:
+            problem = bearer_problem(request)
+            if problem is not None:
+                return problem
+            record_id = request.path_params[path_param]
+            try:
+                if kind == "voice":
+                    check_request_id(record_id, field)
+                elif not (kind == "external" and record_id == NO_DEPARTMENT):
+                    check_rocketchat_id(record_id, field)
+            except InvalidEvent as error:
+                return answer(400, ok=False, error=str(error), field=error.field)
+            try:
+                found = await run_in_threadpool(decisions.read, kind, record_id)
+            except (RedisError, OSError) as error:
+                return answer(503, ok=False, error=f"Redis unavailable ({type(error).__name__})")
+            if not found:
+                return answer(404, ok=False, error=f"no decision recorded for {kind} {record_id}")
+            return JSONResponse({answer_key: record_id, "decisions": found})
+
+        return endpoint
 
     return [
         Route("/external-queue", external_queue, methods=["GET"]),
         Route("/voice/route", route_voice, methods=["POST"]),
-        Route("/decisions/{room_id}", room_decisions, methods=["GET"]),
+        Route(
+            "/decisions/voice/{request_id}",
+            decisions_of("voice", "request_id", "requestId", "request_id"),
+            methods=["GET"],
+        ),
+        Route(
+            "/decisions/external/{department_id}",
+            decisions_of("external", "department_id", "departmentId", "department_id"),
+            methods=["GET"],
+        ),
+        Route("/decisions/{room_id}", decisions_of("chat", "room_id", "roomId", "room_id"), methods=["GET"]),
     ]
 
 
@@ -142,9 +211,11 @@ def _voice_fields(body: object) -> tuple[str, str | None, str]:
     if not isinstance(extension, str) or not EXTENSION.fullmatch(extension):
         raise InvalidEvent("field 'extension' must be 1-32 characters of digits, letters or *#+_.-", "extension")
     department = body.get("departmentId")
-    if department is not None and (not isinstance(department, str) or not IDENTIFIER.fullmatch(department)):
-        raise InvalidEvent("field 'departmentId' must be a Rocket.Chat id", "departmentId")
+    if department is not None:
+        if not isinstance(department, str):
+            raise InvalidEvent("field 'departmentId' must be a string", "departmentId")
+        check_rocketchat_id(department, "departmentId")
     request_id = body.get("requestId", uuid.uuid4().hex)
-    if not isinstance(request_id, str) or not IDENTIFIER.fullmatch(request_id):
-        raise InvalidEvent("field 'requestId' must be 1-64 characters of letters, digits, _ or -", "requestId")
+    if not is_request_id(request_id):
+        raise InvalidEvent(f"field 'requestId' must be {REQUEST_ID_RULE}", "requestId")
     return extension, department, request_id

@@ -143,22 +143,23 @@ def run_status(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 def run_failed(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     import redis
 
-    from bridge.jobqueue import make_queue
+    from bridge.jobqueue import make_queue, make_voice_queue
 
-    queue = make_queue(settings, redis.Redis.from_url(settings.require_redis()))
-    registry = queue.failed_job_registry
-    job_ids = registry.get_job_ids()
-    for job_id in job_ids:
-        job = queue.fetch_job(job_id)
-        result = job.latest_result() if job else None
-        lines = (result.exc_string or "").strip().splitlines() if result else ["(no result kept)"]
-        print(f"{job_id}  {job.func_name if job else '?'}  {lines[-1] if lines else ''}")
-    if args.requeue:
+    connection = redis.Redis.from_url(settings.require_redis())
+    failed = 0
+    for queue in (make_queue(settings, connection), make_voice_queue(settings, connection)):  # chats, then voice
+        registry = queue.failed_job_registry
+        job_ids = registry.get_job_ids()
+        failed += len(job_ids)
         for job_id in job_ids:
-            registry.requeue(job_id)
-        print(f"{len(job_ids)} job(s) requeued")
-    else:
-        print(f"{len(job_ids)} failed job(s)")
+            job = queue.fetch_job(job_id)
+            result = job.latest_result() if job else None
+            lines = (result.exc_string or "").strip().splitlines() if result else ["(no result kept)"]
+            print(f"{job_id}  {job.func_name if job else '?'}  {lines[-1] if lines else ''}")
+        if args.requeue:
+            for job_id in job_ids:
+                registry.requeue(job_id)
+    print(f"{failed} job(s) requeued" if args.requeue else f"{failed} failed job(s)")
     return 0
 
 

@@ -76,9 +76,10 @@ class ExternalQueue:
             "department_id": department_id,
             "ignore_agent_id": ignore_agent_id,
         }
-        record_id = f"external-{department_id or '-'}"
+        record_id = department_id or "-"
         if listing is None:
             self.decisions.record(
+                "external",
                 record_id,
                 {
                     **decision,
@@ -102,10 +103,14 @@ class ExternalQueue:
             "directory": {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)},
         }
         if reservation.outcome != "reserved":
-            self.decisions.record(record_id, {**decision, "outcome": "no agent", "detail": "nobody can take it"})
+            self.decisions.record(
+                "external", record_id, {**decision, "outcome": "no agent", "detail": "nobody can take it"}
+            )
             return {}
         username = next(c.username for c in choice.ranked if c.id == reservation.agent_id)
         self.decisions.record(
-            record_id, {**decision, "outcome": "answered", "agent_id": reservation.agent_id, "agent_username": username}
+            "external",
+            record_id,
+            {**decision, "outcome": "answered", "agent_id": reservation.agent_id, "agent_username": username},
         )
         return {"_id": reservation.agent_id or "", "username": username}

@@ -133,5 +133,5 @@ def _record(
         entry["strategy"] = choice.strategy
         entry["candidates"] = [c.to_dict() for c in choice.candidates]
         entry["agent_username"] = {c.id: c.username for c in choice.candidates}.get(agent_id or "")
-    router.decisions.record(room_id, entry)
+    router.decisions.record("chat", room_id, entry)
     return Rerouted(outcome, agent_id, f"room {room_id}: {outcome} ({detail})")

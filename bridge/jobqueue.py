@@ -58,6 +58,24 @@ def make_queue(settings: Settings, connection: redis.Redis) -> Queue:
     return Queue(settings.queue_name, connection=connection, serializer=JSONSerializer)
 
 
+def voice_queue_name(settings: Settings) -> str:
+    """Voice requests wait on a queue of their own, which workers read after the chats' (``workers.worker``)."""
+    return voice_queue_of(settings.queue_name)
+
+
+def voice_queue_of(queue_name: str) -> str:
+    return f"{queue_name}-voice"
+
+
+def make_voice_queue(settings: Settings, connection: redis.Redis) -> Queue:
+    return Queue(voice_queue_name(settings), connection=connection, serializer=JSONSerializer)
+
+
+def queue_names(settings: Settings) -> list[str]:
+    """Every queue of the bridge, in the order workers read them: chats (and everything else) first, then voice."""
+    return [settings.queue_name, voice_queue_name(settings)]
+
+
 def retry_policy(settings: Settings) -> Retry | None:
     if settings.job_retries <= 0:
         return None

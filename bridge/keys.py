@@ -153,9 +153,31 @@ def waiting_chat(room_id: str) -> str:
     return f"{PREFIX}chat:{room_id}"
 
 
-def decisions(room_id: str) -> str:
-    """List of routing decisions (JSON) for one room, oldest first, bounded and expiring."""
-    return f"{PREFIX}decisions:{room_id}"
+def decisions(kind: str, record_id: str) -> str:
+    """List of decisions (JSON) of one record, oldest first, bounded and expiring: ``kind`` is ``chat`` (a room),
+    ``voice`` (a voice request) or ``external`` (an External Service department), a word of ours, so no input can
+    name another kind's record (``bridge.decisions``)."""
+    return f"{PREFIX}decisions:{kind}:{record_id}"
+
+
+def decision_index(kind: str) -> str:
+    """Sorted set: the record ids of one kind by expiry time, to cap how many records a kind keeps."""
+    return f"{PREFIX}decisions-index:{kind}"
+
+
+def voice_queued() -> str:
+    """Sorted set: voice request ids enqueued and not started yet, by enqueue time (the cap in total)."""
+    return f"{PREFIX}voice-queued"
+
+
+def voice_queued_by(token_digest: str) -> str:
+    """Sorted set: the same, for one API token (a digest of it: tokens are never stored)."""
+    return f"{PREFIX}voice-queued:{token_digest}"
+
+
+def voice_tokens() -> str:
+    """Set of the token digests with a ``voice_queued_by`` set (the tokens that passed the API's check)."""
+    return f"{PREFIX}voice-tokens"
 
 
 def recent_decisions() -> str:

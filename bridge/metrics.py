@@ -149,19 +149,35 @@ class RedisCollector(Collector):
     def _gauges(self) -> Iterator[GaugeMetricFamily]:
         from rq import Queue
 
+        from bridge.eventlog import EventBatches
+        from bridge.jobqueue import voice_queue_of
         from bridge.waiting import WaitingQueue
 
         connection = self.metrics.connection
         waiting = GaugeMetricFamily("omnibridge_chats_waiting", "Chats waiting for an agent, now")
         waiting.add_metric([], WaitingQueue(connection).count())
         yield waiting
-        jobs = GaugeMetricFamily("omnibridge_jobs", "RQ jobs of the bridge's queue, by state, now", labels=["state"])
-        queue = Queue(self.queue_name, connection=connection)
-        jobs.add_metric(["queued"], queue.count)
-        jobs.add_metric(["started"], queue.started_job_registry.count)
-        jobs.add_metric(["scheduled"], queue.scheduled_job_registry.count)
-        jobs.add_metric(["finished"], queue.finished_job_registry.count)
-        jobs.add_metric(["failed"], queue.failed_job_registry.count)
+        lanes = GaugeMetricFamily(
+            "omnibridge_event_log_lines",
+            "Lines waiting in the event log, by lane (routing: queued, taken, forwarded, closed; other: the rest), "
+            "now; each lane is bounded by EVENT_LOG_<LANE>_MAX_LINES, past which webhooks are answered 503",
+            labels=["lane"],
+        )
+        for lane, lines in EventBatches(connection).lanes().items():
+            lanes.add_metric([lane], lines)
+        yield lanes
+        jobs = GaugeMetricFamily(
+            "omnibridge_jobs",
+            "RQ jobs of the bridge's queues (chats and the rest; voice requests), by state, now",
+            labels=["queue", "state"],
+        )
+        for name in (self.queue_name, voice_queue_of(self.queue_name)):
+            queue = Queue(name, connection=connection)
+            jobs.add_metric([name, "queued"], queue.count)
+            jobs.add_metric([name, "started"], queue.started_job_registry.count)
+            jobs.add_metric([name, "scheduled"], queue.scheduled_job_registry.count)
+            jobs.add_metric([name, "finished"], queue.finished_job_registry.count)
+            jobs.add_metric([name, "failed"], queue.failed_job_registry.count)
         yield jobs
         yield from self._rate_limits(connection)
 

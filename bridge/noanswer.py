@@ -145,6 +145,7 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
                 finally:
                     router.connection.delete(keys.take_in_flight(room_id))
                 router.decisions.record(
+                    "chat",
                     room_id,
                     {
                         "kind": "reroute",
@@ -159,6 +160,7 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
                 handled.append("fallback")
             elif state["attempts"] >= settings.no_answer_max_attempts:
                 router.decisions.record(
+                    "chat",
                     room_id,
                     {
                         "kind": "reroute",

@@ -101,8 +101,9 @@ class Router:
         self.clock = clock
         self.answers = answers
         self.metrics = metrics
-        self.waiting = WaitingQueue(connection)
-        self.decisions = DecisionLog(connection, settings.decision_retention_seconds)
+        self.waiting = WaitingQueue(connection, settings.waiting_max_chats)
+        self.refusals = Refusals(log)
+        self.decisions = DecisionLog.from_settings(connection, settings)
         self.leases = Leases(connection)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
@@ -559,7 +560,7 @@ class Router:
             decision["agent_username"] = names.get(agent_id or "")
         if listing is not None:
             decision["directory"] = {"source": listing.source, "stale": listing.stale, "age": round(listing.age, 1)}
-        self.decisions.record(chat.room_id, decision)
+        self.decisions.record("chat", chat.room_id, decision)
         if outcome == "routed":
             record_routed(self.connection, decision["waited_seconds"], self.clock())
         if self.metrics is not None:

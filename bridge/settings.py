@@ -60,6 +60,11 @@ class Settings:
     api_token: Secret = field(default=Secret(""))
     external_queue_token: Secret = field(default=Secret(""))
     decision_retention_seconds: int = 7 * 86_400
+    decision_noop_retention_seconds: int = 3600
+    decision_max_records: int = 100_000
+    decision_max_bytes: int = 8192
+    voice_queue_max: int = 1000
+    voice_queue_max_per_token: int = 100
     tick_seconds: int = 5
     load_reconcile_seconds: int = 300
     inquiry_reconcile_seconds: int = 30
@@ -120,6 +125,22 @@ class Settings:
             external_queue_token=Secret(reader.text("ROCKETCHAT_EXTERNAL_QUEUE_TOKEN") or ""),
             decision_retention_seconds=reader.integer(
                 "DECISION_RETENTION_SECONDS", default=default.decision_retention_seconds, low=60, high=365 * 86_400
+            ),
+            decision_noop_retention_seconds=reader.integer(
+                "DECISION_NOOP_RETENTION_SECONDS",
+                default=default.decision_noop_retention_seconds,
+                low=60,
+                high=365 * 86_400,
+            ),
+            decision_max_records=reader.integer(
+                "DECISION_MAX_RECORDS", default=default.decision_max_records, low=100, high=10_000_000
+            ),
+            decision_max_bytes=reader.integer(
+                "DECISION_MAX_BYTES", default=default.decision_max_bytes, low=2048, high=1 << 20
+            ),
+            voice_queue_max=reader.integer("VOICE_QUEUE_MAX", default=default.voice_queue_max, low=1, high=1_000_000),
+            voice_queue_max_per_token=reader.integer(
+                "VOICE_QUEUE_MAX_PER_TOKEN", default=default.voice_queue_max_per_token, low=1, high=1_000_000
             ),
             tick_seconds=reader.integer("TICK_SECONDS", default=default.tick_seconds, low=1, high=3600),
             load_reconcile_seconds=reader.integer(

@@ -19,7 +19,7 @@ from bridge import timeline
 from bridge.agents import presence_problem
 from bridge.decisions import DecisionLog
 from bridge.directory import AgentDirectory
-from bridge.jobqueue import make_queue
+from bridge.jobqueue import make_queue, make_voice_queue
 from bridge.logs import MASK, secrets_of
 from bridge.routing import capacity_of
 from bridge.settings import Settings
@@ -53,7 +53,7 @@ def snapshot(
         "decisions": [  # newest first by time: parallel takes may record a moment out of order
             {**decision, "ago": round(max(0.0, now - float(decision.get("at", now))), 1)}
             for decision in sorted(
-                DecisionLog(connection, settings.decision_retention_seconds).recent(decisions),
+                DecisionLog.from_settings(connection, settings).recent(decisions),
                 key=lambda d: float(d.get("at", 0)),
                 reverse=True,
             )
@@ -126,10 +126,12 @@ def _jobs(settings: Settings, connection: redis.Redis, limit: int) -> dict[str, 
                 "last_line": _masked(settings, lines[-1]) if lines else None,
             }
         )
+    voice = make_voice_queue(settings, connection)
     return {
-        "queued": queue.count,
-        "running": queue.started_job_registry.count,
-        "failed": registry.count,
+        "queued": queue.count + voice.count,
+        "voice_queued": voice.count,
+        "running": queue.started_job_registry.count + voice.started_job_registry.count,
+        "failed": registry.count + voice.failed_job_registry.count,
         "latest_failed": latest,
     }
 
@@ -166,7 +168,7 @@ def render(settings: Settings, connection: redis.Redis, now: float | None = None
     for decision in seen["decisions"]:
         who = decision.get("agent_username") or decision.get("agent_id") or "-"
         lines.append(
-            f"  {decision['ago']:5.0f} s ago  {decision.get('kind', '?'):<8} {decision.get('room_id', ''):<20} "
+            f"  {decision['ago']:5.0f} s ago  {decision.get('kind', '?'):<8} {_record_of(decision):<20} "
             f"{decision.get('outcome', ''):<16} {who}"
         )
     jobs = seen["jobs"]
@@ -175,6 +177,12 @@ def render(settings: Settings, connection: redis.Redis, now: float | None = None
         f"jobs: {jobs['queued']} queued, {jobs['running']} running, {jobs['failed']} failed (omnibridge failed)",
     ]
     return "\n".join(lines)
+
+
+def _record_of(decision: dict[str, Any]) -> str:
+    """What a decision is about: the room of a chat; the request of a voice decision; the department of an External
+    Service query (``-``: none). Decisions from before records had kinds carry only ``room_id``."""
+    return str(decision.get("room_id") or decision.get("record_id") or "")
 
 
 def watch(settings: Settings, connection: redis.Redis, interval: float) -> None:

@@ -25,7 +25,8 @@ from bridge.routing import Policy, Request, choose
 log = logging.getLogger("bridge.voice")
 
 
-def voice_decision_id(request_id: str) -> str:
+def voice_job_id(request_id: str) -> str:
+    """The RQ job id of a voice request (RQ's own namespace: its decisions are keyed ``voice`` and the request id)."""
     return f"voice-{request_id}"
 
 
@@ -39,7 +40,7 @@ def route_extension(
     decisions: DecisionLog,
     policy: Policy,
 ) -> str:
-    record_id = voice_decision_id(request_id)
+    record_id = request_id
     decision: dict[str, Any] = {"kind": "voice", "extension": extension, "department_id": department_id}
     try:
         if directory.source() != "available":
@@ -47,6 +48,7 @@ def route_extension(
         listing = directory.agents(extension=extension)
     except NotFound:
         decisions.record(
+            "voice",
             record_id,
             {
                 **decision,
@@ -64,11 +66,14 @@ def route_extension(
         "previous_holder": holder.username if holder else None,
     }
     if not choice.ranked:
-        decisions.record(record_id, {**decision, "outcome": "no agent", "detail": "no available agent can take it"})
+        decisions.record(
+            "voice", record_id, {**decision, "outcome": "no agent", "detail": "no available agent can take it"}
+        )
         return f"extension {extension}: no available agent"
     winner = choice.ranked[0]
     if holder is not None and holder.id == winner.id:
         decisions.record(
+            "voice",
             record_id,
             {
                 **decision,
@@ -85,10 +90,13 @@ def route_extension(
             endpoints.remove_extension(rc, holder.username)
         endpoints.assign_extension(rc, winner.username, extension)
     except RocketChatError as error:
-        decisions.record(record_id, {**decision, "outcome": "failed", "agent_id": winner.id, "detail": str(error)})
+        decisions.record(
+            "voice", record_id, {**decision, "outcome": "failed", "agent_id": winner.id, "detail": str(error)}
+        )
         raise
     directory.cache.invalidate(f"agents:{directory.source()}:{extension}")
     decisions.record(
+        "voice",
         record_id,
         {
             **decision,

@@ -119,7 +119,7 @@ def test_voice_on_8x_fails_clearly(web, api_settings, redis_client, rc_state, te
     response = httpx.post(f"{web.url}/voice/route", json={"extension": "2001", "requestId": "call-1"}, headers=BEARER)
     assert response.json()["id"] == "call-1"
     build_worker(api_settings, redis_client).work(burst=True)
-    decision = httpx.get(f"{web.url}/decisions/voice-call-1", headers=BEARER).json()["decisions"][-1]
+    decision = httpx.get(f"{web.url}/decisions/voice/call-1", headers=BEARER).json()["decisions"][-1]
     assert decision["outcome"] == "failed" and "8.0" in decision["detail"]
 
 

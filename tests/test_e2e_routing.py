@@ -375,8 +375,8 @@ def test_external_service_and_voice_through_the_real_processes(bridge, redis_cli
         headers={"Authorization": f"Bearer {API_TOKEN}"},
     )
     assert response.status_code == 202
-    wait_for(lambda: bridge.decisions("voice-call-42"), timeout=15)
-    decision = bridge.decisions("voice-call-42")[-1]
+    wait_for(lambda: bridge.decisions("voice/call-42"), timeout=15)
+    decision = bridge.decisions("voice/call-42")[-1]
     assert (decision["outcome"], decision["previous_holder"]) == ("assigned", "ivy")
     assert decision["agent_username"] in SERVES[SUPPORT]
     with bridge.state.lock:

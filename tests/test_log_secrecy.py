@@ -203,7 +203,7 @@ def test_no_secret_or_visitor_data_reaches_logs_or_jobs(settings, rc_state, rc_s
             client.post("/voice/route", json=voice, headers={"Authorization": f"Bearer {PASSWORD}"}).status_code == 403
         )
         work(with_password, redis_client)
-        assert client.get("/decisions/voice-call-1", headers=bearer).json()["decisions"][-1]["outcome"] == "assigned"
+        assert client.get("/decisions/voice/call-1", headers=bearer).json()["decisions"][-1]["outcome"] == "assigned"
 
         # Rocket.Chat answering 503 (after the retries), then 403
         for status, route in ((503, "/api/v1/livechat/inquiries.take"), (403, "/api/v1/livechat/inquiries.")):

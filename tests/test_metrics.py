@@ -45,7 +45,8 @@ def test_webhooks_are_counted_by_type_and_status_without_a_redis_call_each(setti
     assert 'omnibridge_webhooks_total{status="400",type="invalid"} 1.0' in text
     assert 'omnibridge_webhooks_total{status="403",type="unknown"} 1.0' in text
     assert "omnibridge_chats_waiting 0.0" in text
-    assert 'omnibridge_jobs{state="queued"} 1.0' in text
+    assert 'omnibridge_jobs{queue="bridge",state="queued"} 1.0' in text
+    assert 'omnibridge_jobs{queue="bridge-voice",state="queued"} 0.0' in text
 
 
 def test_unknown_types_are_counted_under_one_fixed_label(settings, redis_client):

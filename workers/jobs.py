@@ -116,8 +116,10 @@ def _apply_one(event: dict) -> str:
 def route_voice(request_id: str, extension: str, department_id: str | None) -> str:
     """``POST /voice/route``: associate the extension with an available agent."""
     from bridge.voice import route_extension
+    from bridge.voicequeue import VoiceSlots
 
     ctx = current()
+    VoiceSlots.from_settings(ctx.redis, ctx.settings).release(request_id)  # no longer queued: frees its slot
     return route_extension(
         request_id,
         extension,

@@ -45,6 +45,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
+from bridge.jobqueue import queue_names
 from bridge.settings import Settings
 from workers import context
 from workers.ticker import Ticker
@@ -343,8 +344,10 @@ def address(url: str) -> str:
 def make_worker(settings: Settings, connection: redis.Redis, name: str | None = None) -> BridgeWorker:
     # Maintenance (registry cleanup, restarting RQ's scheduler after it died) every 30 s instead of RQ's 10
     # minutes; an idle worker wakes at least every worker_ttl - 15 s to run it.
+    # Queues in the order RQ reads them (its default dequeue strategy): chats' first, then voice requests', so a
+    # voice job starts only when no chat job waits (bridge.jobqueue.queue_names).
     return BridgeWorker(
-        [BridgeQueue(settings.queue_name, connection=connection, serializer=JSONSerializer)],
+        [BridgeQueue(queue, connection=connection, serializer=JSONSerializer) for queue in queue_names(settings)],
         connection=connection,
         serializer=JSONSerializer,
         name=name,
@@ -430,7 +433,7 @@ def work_through_outages(settings: Settings, connection: redis.Redis, stop: Stop
                     retiring = None
                 worker = make_worker(settings, connection, name)
                 worker.stop_signal = stop
-                log.info("worker %s listening on queue %s", worker.name, settings.queue_name)
+                log.info("worker %s listening on queues %s", worker.name, ", ".join(queue_names(settings)))
                 worked |= worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
                 return worked
             except WorkerCrashed as crashed:
