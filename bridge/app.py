@@ -10,6 +10,7 @@ retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The READM
 | 400 | body not UTF-8 JSON, not an object, no/empty/non-string ``type``, required field missing or mistyped | no retry (newer) |
 | 403 | ``X-RocketChat-Livechat-Token`` missing or wrong | no retry (newer) |
 | 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
+| 408 | headers or body not received within ``WEB_HEADER_TIMEOUT_SECONDS`` / ``WEB_BODY_TIMEOUT_SECONDS`` (connection closed) | retries (a timeout to it) |
 | 503 | the event cannot be recorded: Redis unreachable *and* the spool cannot take it | retries, 5 attempts |
 """
 
@@ -27,17 +28,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.api import api_routes
-from bridge.bodies import BodyTooLarge, answer, decode_json, read_body, token_matches
+from bridge.bodies import (
+    BodyDeadline,
+    BodyTimeout,
+    BodyTooLarge,
+    answer,
+    decode_json,
+    read_body,
+    token_matches,
+)
 from bridge.dashboard import dashboard_routes
 from bridge.errors import InvalidEvent
 from bridge.eventlog import EventLog
 from bridge.events import UnknownEvent, parse_event
 from bridge.intake import Intake
+from bridge.logs import Throttled
 from bridge.metrics import Metrics, registry_for
 from bridge.settings import Settings
 from bridge.spool import Spool
@@ -166,6 +177,20 @@ def create_app(settings: Settings) -> Starlette:
         log.exception("unexpected error while answering %s %s", request.method, request.url.path)
         return answer(503, ok=False, error="internal error; retry later")
 
+    slow_bodies = Throttled(
+        log,
+        "answered %d request(s) 408: body not received within WEB_BODY_TIMEOUT_SECONDS, connection closed",
+        outcome="body-timeout",
+        status=408,
+    )
+
+    async def body_too_slow(request: Request, error: Exception) -> Response:
+        # BodyDeadline: the body did not arrive in time. 408 with Connection: close; the sender may retry.
+        slow_bodies.add()
+        if request.url.path == "/webhooks/livechat":
+            counters.inc("omnibridge_webhooks", type="unknown", status="408")
+        return answer(408, ok=False, error=str(error))
+
     async def flush_forever() -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -194,7 +219,8 @@ def create_app(settings: Settings) -> Starlette:
             *api_routes(settings, sync_connection),
             *dashboard_routes(settings, sync_connection),
         ],
-        exception_handlers={Exception: unexpected_error},
+        middleware=[Middleware(BodyDeadline, seconds=float(settings.web_body_timeout_seconds))],
+        exception_handlers={BodyTimeout: body_too_slow, Exception: unexpected_error},
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -1,7 +1,9 @@
-"""Reading and answering HTTP bodies, shared by every endpoint: size caps, strict JSON, token comparison."""
+"""Reading and answering HTTP bodies, shared by every endpoint: size caps, a time limit, strict JSON, token
+comparison."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -9,6 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.errors import InvalidEvent
 
@@ -17,9 +20,53 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    """The request's body did not arrive within the body timeout (``WEB_BODY_TIMEOUT_SECONDS``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"request body not received within {seconds:g} s")
+        self.seconds = seconds
+
+
+class BodyDeadline:
+    """ASGI middleware: the whole request body must arrive within ``seconds`` of the request reaching the app.
+
+    A read of the body past that raises ``BodyTimeout`` in the endpoint, which the app answers 408 with
+    ``Connection: close``. Rocket.Chat sends a webhook's body at once and waits ``Livechat_http_timeout`` (5 s by
+    default) for the answer, so a body still arriving after seconds is not Rocket.Chat's. Reads once the body is
+    complete (a streaming response watching for a disconnect) are not timed.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.seconds) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
 def answer(status: int, **body: Any) -> JSONResponse:
-    # After a 413 the rest of the body is unread; closing the connection stops the server from draining it.
-    headers = {"Connection": "close"} if status == 413 else None
+    # After a 413 or a 408 the rest of the body is unread; closing the connection stops the server from draining it.
+    headers = {"Connection": "close"} if status in (408, 413) else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 

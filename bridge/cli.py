@@ -172,24 +172,15 @@ def run_doctor(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 
 
 def run_web(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    import uvicorn
-
     from bridge import logs
+    from bridge.webserver import serve
 
     settings.require_webhook_token()
     settings.require_redis()
     logs.configure(settings)
-    uvicorn.run(
-        "bridge.asgi:create_app_from_env",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.processes,
-        log_level="warning",
-        proxy_headers=True,
-        # Rocket.Chat waits Livechat_http_timeout (5 s) for an answer; hold no request longer than that at stop.
-        timeout_graceful_shutdown=5,
-    )
+    # uvicorn with header and body timeouts, a connection cap and keep-alive (README, *Slow clients and connection
+    # limits*); `omnibridge up` starts `omnibridge web`, so both run this.
+    serve(settings, host=args.host or settings.host, port=args.port or settings.port, processes=args.processes)
     return 0
 
 

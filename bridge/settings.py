@@ -39,6 +39,11 @@ class Settings:
     webhook_token: Secret = field(default=Secret(""))
     insecure_dev: bool = False
     max_body_bytes: int = 2 * 1024 * 1024
+    # The web process's HTTP limits (README, *Slow clients and connection limits*; bridge/webserver.py).
+    web_header_timeout_seconds: int = 10
+    web_body_timeout_seconds: int = 10
+    web_max_connections: int = 1000
+    web_keepalive_seconds: int = 100
     dedupe_ttl_seconds: int = 86_400
     queue_name: str = "bridge"
     job_retries: int = 5
@@ -93,6 +98,18 @@ class Settings:
             webhook_token=Secret(reader.text("ROCKETCHAT_WEBHOOK_TOKEN") or ""),
             insecure_dev=reader.boolean("BRIDGE_INSECURE_DEV"),
             max_body_bytes=reader.integer("WEBHOOK_MAX_BYTES", default=default.max_body_bytes, low=1024, high=64 << 20),
+            web_header_timeout_seconds=reader.integer(
+                "WEB_HEADER_TIMEOUT_SECONDS", default=default.web_header_timeout_seconds, low=1, high=120
+            ),
+            web_body_timeout_seconds=reader.integer(
+                "WEB_BODY_TIMEOUT_SECONDS", default=default.web_body_timeout_seconds, low=1, high=300
+            ),
+            web_max_connections=reader.integer(
+                "WEB_MAX_CONNECTIONS", default=default.web_max_connections, low=10, high=100_000
+            ),
+            web_keepalive_seconds=reader.integer(
+                "WEB_KEEPALIVE_SECONDS", default=default.web_keepalive_seconds, low=1, high=3600
+            ),
             dedupe_ttl_seconds=reader.integer(
                 "DEDUPE_TTL_SECONDS", default=default.dedupe_ttl_seconds, low=60, high=30 * 86_400
             ),
