@@ -101,8 +101,7 @@ class Router:
         self.clock = clock
         self.answers = answers
         self.metrics = metrics
-        self.waiting = WaitingQueue(connection, settings.waiting_max_chats)
-        self.refusals = Refusals(log)
+        self.waiting = WaitingQueue(connection)
         self.decisions = DecisionLog.from_settings(connection, settings)
         self.leases = Leases(connection)
         self._executor: ThreadPoolExecutor | None = None
