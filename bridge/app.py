@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.api import api_routes
@@ -39,6 +39,7 @@ from bridge.bodies import (
     BodyTimeout,
     BodyTooLarge,
     answer,
+    bearer,
     decode_json,
     read_body,
     token_matches,
@@ -166,6 +167,17 @@ def create_app(settings: Settings) -> Starlette:
     registry = registry_for(counters, settings.queue_name)
 
     async def metrics(request: Request) -> Response:
+        # Unauthenticated by default, as Prometheus scrapes; METRICS_TOKEN makes it a bearer endpoint.
+        if settings.metrics_token:
+            presented = bearer(request)
+            if presented is None:
+                return JSONResponse(
+                    {"ok": False, "error": "Authorization: Bearer <METRICS_TOKEN> is required"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not token_matches(presented, settings.metrics_token):
+                return answer(403, ok=False, error="wrong metrics token")
         try:
             text = await run_in_threadpool(generate_latest, registry)
         except (RedisError, OSError) as error:

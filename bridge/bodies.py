@@ -70,6 +70,13 @@ def answer(status: int, **body: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def bearer(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """Read at most ``limit`` bytes: a declared or streamed body past the cap is refused, never buffered whole."""
     declared = request.headers.get("content-length")

@@ -253,6 +253,7 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.rocketchat_password,
         settings.api_token,
         settings.external_queue_token,
+        settings.metrics_token,
     ]
 
 

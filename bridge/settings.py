@@ -44,6 +44,7 @@ class Settings:
     web_body_timeout_seconds: int = 10
     web_max_connections: int = 1000
     web_keepalive_seconds: int = 100
+    metrics_token: Secret = field(default=Secret(""))
     dedupe_ttl_seconds: int = 86_400
     queue_name: str = "bridge"
     job_retries: int = 5
@@ -110,6 +111,7 @@ class Settings:
             web_keepalive_seconds=reader.integer(
                 "WEB_KEEPALIVE_SECONDS", default=default.web_keepalive_seconds, low=1, high=3600
             ),
+            metrics_token=Secret(reader.text("METRICS_TOKEN") or ""),
             dedupe_ttl_seconds=reader.integer(
                 "DEDUPE_TTL_SECONDS", default=default.dedupe_ttl_seconds, low=60, high=30 * 86_400
             ),

@@ -96,3 +96,37 @@ def test_the_rate_limits_learned_from_rocketchat_are_shown_per_route(rc_settings
     assert 'omnibridge_rocketchat_rate_limit{route="GET /api/v1/me"} 10.0' in text
     assert 'omnibridge_rocketchat_rate_limit_remaining{route="GET /api/v1/me"} 9.0' in text
     assert 'omnibridge_rocketchat_rate_limit{route="GET /api/v1/livechat/inquiries.getOne"} -1.0' in text
+
+
+def test_metrics_are_open_by_default_and_need_the_bearer_token_once_one_is_set(settings, redis_client):
+    from bridge import logs
+    from bridge.settings import Secret
+
+    with ServerThread(create_app(settings)) as web:
+        assert httpx.get(f"{web.url}/metrics").status_code == 200, "unauthenticated by default, as Prometheus scrapes"
+
+    token = "metrics-token-3f9c2a71"
+    guarded = settings.replace(metrics_token=Secret(token))
+    with ServerThread(create_app(guarded)) as web:
+        missing = httpx.get(f"{web.url}/metrics")
+        other_scheme = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Basic {token}"})
+        wrong = httpx.get(f"{web.url}/metrics", headers={"Authorization": "Bearer not-the-token"})
+        prefix = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {token[:-1]}"})
+        right = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {token}"})
+    for refused in (missing, other_scheme):
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json() == {"ok": False, "error": "Authorization: Bearer <METRICS_TOKEN> is required"}
+    for refused in (wrong, prefix):
+        assert refused.status_code == 403 and refused.json() == {"ok": False, "error": "wrong metrics token"}
+    assert right.status_code == 200 and "omnibridge_chats_waiting" in right.text
+    assert token not in missing.text + wrong.text
+    # A secret: never in the settings' repr, masked in logs.
+    assert token not in repr(guarded)
+    assert token in logs.secrets_of(guarded)
+
+
+def test_the_metrics_token_is_read_from_the_environment():
+    from bridge.settings import Settings
+
+    assert not Settings.from_env({}).metrics_token
+    assert Settings.from_env({"METRICS_TOKEN": " t0ken-for-prometheus "}).metrics_token == "t0ken-for-prometheus"
