@@ -10,7 +10,7 @@ retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The READM
 | 400 | body not UTF-8 JSON, not an object, no/empty/non-string ``type``, required field missing or mistyped | no retry (newer) |
 | 403 | ``X-RocketChat-Livechat-Token`` missing or wrong | no retry (newer) |
 | 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
-| 408 | headers or body not received within ``WEB_HEADER_TIMEOUT_SECONDS`` / ``WEB_BODY_TIMEOUT_SECONDS`` (connection closed) | retries (a timeout to it) |
+| 408 | headers or body not received within ``WEB_HEADER_TIMEOUT_SECONDS`` / ``WEB_BODY_TIMEOUT_SECONDS`` (connection closed) | its own timeout (``Livechat_http_timeout``, 5 s) came first: retried as a timeout (newer); a 408 itself is not retried by newer servers |
 | 503 | the event cannot be recorded: Redis unreachable *and* the spool cannot take it | retries, 5 attempts |
 """
 
