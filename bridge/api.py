@@ -22,6 +22,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 import redis
 from redis.exceptions import RedisError
@@ -48,6 +49,7 @@ EXTENSION = re.compile(r"[0-9A-Za-z*#+_.-]{1,32}")
 VOICE_BODY_LIMIT = 4096
 VOICE_RETRY_AFTER_SECONDS = 5
 NO_DEPARTMENT = "-"  # the External Service record of queries that named no department
+DECISION_ANSWER_KEYS = {"chat": "room_id", "voice": "request_id", "external": "department_id"}
 
 
 def _no_rocketchat() -> None:
@@ -164,44 +166,54 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
             voice_slots.release(request_id)  # its job exists already (finished or failed): nothing new waits
         return claim
 
-    def decisions_of(kind: str, path_param: str, field: str, answer_key: str) -> Any:
-        async def endpoint(request: Request) -> Response:
-            problem = bearer_problem(request)
-            if problem is not None:
-                return problem
-            record_id = request.path_params[path_param]
-            try:
-                if kind == "voice":
-                    check_request_id(record_id, field)
-                elif not (kind == "external" and record_id == NO_DEPARTMENT):
-                    check_rocketchat_id(record_id, field)
-            except InvalidEvent as error:
-                return answer(400, ok=False, error=str(error), field=error.field)
-            try:
-                found = await run_in_threadpool(decisions.read, kind, record_id)
-            except (RedisError, OSError) as error:
-                return answer(503, ok=False, error=f"Redis unavailable ({type(error).__name__})")
-            if not found:
-                return answer(404, ok=False, error=f"no decision recorded for {kind} {record_id}")
-            return JSONResponse({answer_key: record_id, "decisions": found})
-
-        return endpoint
+    async def record_decisions(request: Request) -> Response:
+        problem = bearer_problem(request)
+        if problem is not None:
+            return problem
+        try:
+            kind, record_id = decision_address(request)
+        except InvalidEvent as error:
+            return answer(400, ok=False, error=str(error), field=error.field)
+        try:
+            found = await run_in_threadpool(decisions.read, kind, record_id)
+        except (RedisError, OSError) as error:
+            return answer(503, ok=False, error=f"Redis unavailable ({type(error).__name__})")
+        if not found:
+            return answer(404, ok=False, error=f"no decision recorded for {kind} {record_id}")
+        return JSONResponse({DECISION_ANSWER_KEYS[kind]: record_id, "decisions": found})
 
     return [
         Route("/external-queue", external_queue, methods=["GET"]),
         Route("/voice/route", route_voice, methods=["POST"]),
-        Route(
-            "/decisions/voice/{request_id}",
-            decisions_of("voice", "request_id", "requestId", "request_id"),
-            methods=["GET"],
-        ),
-        Route(
-            "/decisions/external/{department_id}",
-            decisions_of("external", "department_id", "departmentId", "department_id"),
-            methods=["GET"],
-        ),
-        Route("/decisions/{room_id}", decisions_of("chat", "room_id", "roomId", "room_id"), methods=["GET"]),
+        Route("/decisions/{address:path}", record_decisions, methods=["GET"]),
     ]
+
+
+def decision_address(request: Request) -> tuple[str, str]:
+    """The record a ``/decisions/...`` path names: ``<roomId>`` (a chat), ``voice/<requestId>`` or
+    ``external/<departmentId>`` (``-``: none). Read from the raw path, one percent-decoded segment at a time, so an
+    id holding an encoded ``/`` (``voice%2Fx``) is that one id, refused, never the address of another kind."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    segments = raw.partition(b"/decisions/")[2].split(b"/")
+    kind, field = "chat", "roomId"
+    if len(segments) == 2 and segments[0] in (b"voice", b"external"):
+        kind = segments[0].decode()
+        field = "requestId" if kind == "voice" else "departmentId"
+    elif len(segments) != 1:
+        raise InvalidEvent(
+            "a decision address is /decisions/<roomId>, /decisions/voice/<requestId> or "
+            "/decisions/external/<departmentId>",
+            "roomId",
+        )
+    try:
+        record_id = unquote(segments[-1].decode("ascii"), errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidEvent(f"field '{field}' is not UTF-8", field) from None
+    if kind == "voice":
+        check_request_id(record_id, field)
+    elif not (kind == "external" and record_id == NO_DEPARTMENT):
+        check_rocketchat_id(record_id, field)
+    return kind, record_id
 
 
 def _voice_fields(body: object) -> tuple[str, str | None, str]:

@@ -188,6 +188,9 @@ def test_voice_refuses_a_hostile_id_naming_it(web, redis_client, field, value):
         ("/decisions/" + "r" * 65, "roomId"),
         ("/decisions/r%C3%B6%C3%B6m", "roomId"),
         ("/decisions/chat%3Ax", "roomId"),
+        ("/decisions/voice%2Fx", "roomId"),  # one segment: the room "voice/x", never voice request x
+        ("/decisions/voice/x/y", "roomId"),
+        ("/decisions/%FF", "roomId"),
         ("/decisions/voice/" + "v" * 65, "requestId"),
         ("/decisions/voice/a.b", "requestId"),
         ("/decisions/external/" + "d" * 65, "departmentId"),
