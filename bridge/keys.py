@@ -140,7 +140,12 @@ def pending_prefix() -> str:
 
 def waiting(department_id: str | None) -> str:
     """Sorted set of rooms waiting for an agent in one department ('-' for none), by priority then arrival."""
-    return f"{PREFIX}waiting:{department_id or '-'}"
+    return f"{waiting_prefix()}{department_id or '-'}"
+
+
+def waiting_prefix() -> str:
+    """Prefix of the per-department waiting sets (the bound on waiting chats counts them all in one script)."""
+    return f"{PREFIX}waiting:"
 
 
 def waiting_departments() -> str:

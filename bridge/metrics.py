@@ -44,6 +44,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("route", "reason"),
     ),
     "omnibridge_ticks": ("Periodic ticks run (routing waiting chats, recovering lost ones, re-routing)", ()),
+    "omnibridge_waiting_refused": (
+        "Queued chats not added to the routing queue because WAITING_MAX_CHATS chats were waiting (the inquiry "
+        "reconciler adds the ones Rocket.Chat really has queued once there is room)",
+        (),
+    ),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "omnibridge_routing_wait_seconds": (

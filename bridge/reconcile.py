@@ -17,7 +17,7 @@ from bridge.errors import PermissionDenied
 from bridge.load import LoadBook
 from bridge.rocketchat import RocketChat
 from bridge.router import Router, epoch
-from bridge.waiting import NO_PRIORITY, WaitingChat
+from bridge.waiting import ADDED, NO_PRIORITY, WaitingChat
 
 log = logging.getLogger("bridge.reconcile")
 
@@ -83,7 +83,7 @@ def recover_queued(rc: RocketChat, router: Router) -> str:
             inquiry_id=inquiry_id,
             priority=_priority(inquiry.get("priorityWeight")),
         )
-        if router.waiting.add(chat):
+        if router.admit(chat) == ADDED:  # FULL: logged and counted by the router; the next pass tries again
             recovered += 1
             # A chat queued moments ago is usually one whose webhook is still on its way (or in the event log).
             young = router.clock() - chat.queued_at < YOUNG_SECONDS

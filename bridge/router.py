@@ -39,6 +39,7 @@ from typing import Any
 import redis
 
 from bridge import endpoints, keys
+from bridge.bounds import Refusals
 from bridge.decisions import DecisionLog
 from bridge.directory import AgentDirectory, Listing
 from bridge.errors import (
@@ -58,7 +59,7 @@ from bridge.rocketchat import RocketChat
 from bridge.routing import Choice, Policy, Request, choose
 from bridge.settings import Settings
 from bridge.timeline import record_routed
-from bridge.waiting import NO_PRIORITY, WaitingChat, WaitingQueue
+from bridge.waiting import FULL, NO_PRIORITY, WaitingChat, WaitingQueue
 
 log = logging.getLogger("bridge.router")
 
@@ -101,7 +102,8 @@ class Router:
         self.clock = clock
         self.answers = answers
         self.metrics = metrics
-        self.waiting = WaitingQueue(connection)
+        self.waiting = WaitingQueue(connection, settings.waiting_max_chats)
+        self.refusals = Refusals(log)
         self.decisions = DecisionLog.from_settings(connection, settings)
         self.leases = Leases(connection)
         self._executor: ThreadPoolExecutor | None = None
@@ -119,9 +121,10 @@ class Router:
         detail = f"served by {agent_id} (taken webhook{': our take was applied after it timed out' if ours else ''})"
         self._record(chat, "served", detail, None, None, [], agent_id)
 
-    def enqueue(self, chat: ChatQueued) -> bool:
-        """Put a queued chat in the routing queue (False if it was there already); routing it is ``drain``'s."""
-        return self.waiting.add(
+    def enqueue(self, chat: ChatQueued) -> str:
+        """Put a queued chat in the routing queue (``bridge.waiting``: added, already waiting, or full); routing it
+        is ``drain``'s."""
+        return self.admit(
             WaitingChat(
                 room_id=chat.room_id,
                 department_id=chat.department_id,
@@ -129,6 +132,22 @@ class Router:
                 visitor_id=chat.visitor_id,
             )
         )
+
+    def admit(self, chat: WaitingChat) -> str:
+        """``waiting.offer``, saying loudly when ``WAITING_MAX_CHATS`` refuses a chat (logged, counted in
+        ``omnibridge_waiting_refused_total``). A real chat refused is added later by the reconciler
+        (``recover_queued`` lists Rocket.Chat's queued inquiries every ``INQUIRY_RECONCILE_SECONDS``)."""
+        outcome = self.waiting.offer(chat)
+        if outcome == FULL:
+            if self.metrics is not None:
+                self.metrics.inc("omnibridge_waiting_refused")
+            self.refusals.note(
+                "waiting",
+                f"the routing queue is full (WAITING_MAX_CHATS={self.settings.waiting_max_chats}): queued chats not "
+                "added; the inquiry reconciler adds the ones Rocket.Chat really has queued once there is room",
+                room_id=chat.room_id,
+            )
+        return outcome
 
     def drain(self, departments: Iterable[str | None] | None = None) -> str:
         """Route every waiting chat that can be routed now, department by department, in queue order.

@@ -79,6 +79,8 @@ class Settings:
     no_answer_fallback_department: str | None = None
     spool_dir: str = "var/spool"
     spool_max_bytes: int = 256 * 1024 * 1024
+    # Bounds on Redis state (README, *Bounds*): chats in the routing queue.
+    waiting_max_chats: int = 10_000
 
     def strategy_for(self, department_id: str | None) -> str:
         return dict(self.strategy_by_department).get(department_id or "", self.routing_strategy)
@@ -175,6 +177,9 @@ class Settings:
             no_answer_fallback_department=reader.text("NO_ANSWER_FALLBACK_DEPARTMENT"),
             spool_dir=reader.text("SPOOL_DIR") or default.spool_dir,
             spool_max_bytes=reader.integer("SPOOL_MAX_BYTES", default=default.spool_max_bytes, low=0, high=1 << 40),
+            waiting_max_chats=reader.integer(
+                "WAITING_MAX_CHATS", default=default.waiting_max_chats, low=10, high=10_000_000
+            ),
         )
         settings.check_rocketchat_credentials()
         return settings

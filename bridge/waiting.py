@@ -3,6 +3,11 @@
 A chat enters when Rocket.Chat queues it and leaves when it is served (by the bridge or anyone else), closed, or
 its inquiry is gone. Nothing leaves because nobody was free: the chat waits, and is routed when capacity
 appears (a chat closes, an agent becomes available, the directory refreshes, or the periodic tick).
+
+The queue is bounded (``WAITING_MAX_CHATS``, checked in the script that adds a chat): past the bound a chat is not
+added. That loses no real chat: the periodic reconciler (``bridge.reconcile.recover_queued``, every
+``INQUIRY_RECONCILE_SECONDS``) lists the inquiries Rocket.Chat really has queued and adds each one the bridge does
+not know, once there is room.
 """
 
 from __future__ import annotations
@@ -17,6 +22,35 @@ from bridge import keys
 
 # Rocket.Chat's LivechatPriorityWeight: lower is more urgent; inquiries without a priority weigh 99.
 NO_PRIORITY = 99
+
+# What ``offer`` did with a chat.
+ADDED = "added"
+ALREADY_WAITING = "already waiting"  # its place is kept
+FULL = "full"  # WAITING_MAX_CHATS chats wait already: not added
+
+# KEYS: the department's waiting set, the chat's hash, the set of departments.
+# ARGV: room id, score, the chat's data, the department's name in that set, the bound (0: none), waiting set prefix.
+_OFFER_SCRIPT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('HSETNX', KEYS[2], 'data', ARGV[3])
+  return 0
+end
+local bound = tonumber(ARGV[5])
+if bound > 0 then
+  local waiting = 0
+  for _, department in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    waiting = waiting + redis.call('ZCARD', ARGV[6] .. department)
+  end
+  if waiting >= bound then
+    return 2
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSETNX', KEYS[2], 'data', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+return 1
+"""
+_OFFERED = {0: ALREADY_WAITING, 1: ADDED, 2: FULL}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +73,31 @@ def _score(priority: int, queued_at: float) -> float:
 
 
 class WaitingQueue:
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, max_chats: int = 0) -> None:
         self.connection = connection
+        self.max_chats = max_chats  # 0: no bound (readers that only count)
+        self._offer = connection.register_script(_OFFER_SCRIPT)
+
+    def offer(self, chat: WaitingChat) -> str:
+        """Put a chat in its department's queue: ``ADDED``; ``ALREADY_WAITING`` (its place is kept); or ``FULL``
+        (``max_chats`` chats are waiting: nothing was written)."""
+        answer = self._offer(
+            keys=[keys.waiting(chat.department_id), keys.waiting_chat(chat.room_id), keys.waiting_departments()],
+            args=[
+                chat.room_id,
+                repr(_score(chat.priority, chat.queued_at)),
+                json.dumps(_plain(chat)),
+                chat.department_id or "-",
+                self.max_chats,
+                keys.waiting_prefix(),
+            ],
+        )
+        return _OFFERED[int(answer)]
 
     def add(self, chat: WaitingChat) -> bool:
-        """Put a chat in its department's queue; False if it was already waiting (its place is kept)."""
-        pipe = self.connection.pipeline(transaction=True)
-        pipe.zadd(keys.waiting(chat.department_id), {chat.room_id: _score(chat.priority, chat.queued_at)}, nx=True)
-        pipe.hsetnx(keys.waiting_chat(chat.room_id), "data", json.dumps(_plain(chat)))
-        pipe.sadd(keys.waiting_departments(), chat.department_id or "-")
-        added, _, _ = pipe.execute()
-        return bool(added)
+        """Put a chat in its department's queue; False if it was already waiting (its place is kept) or the queue
+        is full."""
+        return self.offer(chat) == ADDED
 
     def get(self, room_id: str) -> WaitingChat | None:
         raw = self.connection.hget(keys.waiting_chat(room_id), "data")

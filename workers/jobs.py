@@ -13,11 +13,17 @@ from bridge import keys
 from bridge.errors import RocketChatError, RocketChatUnavailable
 from bridge.eventlog import PENDING_SECONDS
 from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, Event, MessageSent, event_from_dict
+from bridge.waiting import ADDED, ALREADY_WAITING, FULL
 from workers.context import WorkerContext, current
 
 log = logging.getLogger("workers.jobs")
 
 STUCK_SECONDS = 10
+ADMITTED = {
+    ADDED: "entered the queue",
+    ALREADY_WAITING: "was already in the queue",
+    FULL: "refused: WAITING_MAX_CHATS chats are waiting (the reconciler adds it once there is room)",
+}
 
 
 def process_events() -> str:
@@ -61,9 +67,9 @@ class Effects:
 def apply_event(ctx: WorkerContext, event: Event, effects: Effects) -> str:
     """Apply one event to Redis's state (idempotent: applying it twice changes nothing more). No routing here."""
     if isinstance(event, ChatQueued):
-        added = ctx.router.enqueue(event)
+        admitted = ctx.router.enqueue(event)
         effects.departments.add(event.department_id)
-        return f"chat {event.room_id} {'entered' if added else 'was already in'} the queue"
+        return f"chat {event.room_id} {ADMITTED[admitted]}"
     if isinstance(event, ChatClosed):
         previous = ctx.load.close(event.room_id)
         ctx.router.waiting.remove(event.room_id)
