@@ -12,6 +12,7 @@ retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The READM
 | 413 | body larger than ``WEBHOOK_MAX_BYTES`` (refused before it is read whole) | no retry (newer) |
 | 408 | headers or body not received within ``WEB_HEADER_TIMEOUT_SECONDS`` / ``WEB_BODY_TIMEOUT_SECONDS`` (connection closed) | its own timeout (``Livechat_http_timeout``, 5 s) came first: retried as a timeout (newer); a 408 itself is not retried by newer servers |
 | 503 | the event cannot be recorded: Redis unreachable *and* the spool cannot take it | retries, 5 attempts |
+| 503 | the event's lane of the event log is at its bound (``EVENT_LOG_*_MAX_LINES``): nothing recorded | retries, 5 attempts |
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from bridge.bodies import (
 )
 from bridge.dashboard import dashboard_routes
 from bridge.errors import InvalidEvent
-from bridge.eventlog import EventLog
+from bridge.eventlog import EventLog, LogFull
 from bridge.events import UnknownEvent, parse_event
 from bridge.intake import Intake
 from bridge.logs import Throttled
@@ -127,6 +128,8 @@ def create_app(settings: Settings) -> Starlette:
             return answer(200, ok=True, outcome="ignored", event=event.shown), "unknown"
         try:
             recorded = await intake.record(event)
+        except LogFull as error:  # logged by the intake, once per 10 s: a flood would log a line per request
+            return answer(503, ok=False, error=f"cannot record the event now ({error}); retry later"), event.TYPE
         except OSError as error:
             log.error(
                 "webhook not recorded: Redis unavailable and the spool refused it (%s)",

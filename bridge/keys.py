@@ -16,8 +16,15 @@ def event_job_id(identity: str) -> str:
 
 
 def events() -> str:
-    """The event log: one JSON line per accepted webhook, oldest first, read by ``process_events`` jobs."""
+    """The event log's routing lane: one JSON line per accepted queued/taken/forwarded/closed webhook, oldest first,
+    read by ``process_events`` jobs before the other lane (``bridge.eventlog``)."""
     return f"{PREFIX}events"
+
+
+def events_other() -> str:
+    """The event log's other lane: lines of applied events that do not route (agent messages), read only when the
+    routing lane is empty."""
+    return f"{PREFIX}events:other"
 
 
 def events_pending() -> str:
@@ -36,8 +43,13 @@ def events_job_sequence() -> str:
 
 
 def events_batch(owner: str) -> str:
-    """Lines a job has claimed from the log and not finished yet."""
+    """Lines a job has claimed from the routing lane and not finished yet."""
     return f"{PREFIX}events:batch:{owner}"
+
+
+def events_other_batch(owner: str) -> str:
+    """Lines a job has claimed from the other lane and not finished yet."""
+    return f"{PREFIX}events:other:batch:{owner}"
 
 
 def events_batches() -> str:

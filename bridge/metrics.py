@@ -154,6 +154,7 @@ class RedisCollector(Collector):
     def _gauges(self) -> Iterator[GaugeMetricFamily]:
         from rq import Queue
 
+        from bridge.eventlog import EventBatches
         from bridge.jobqueue import voice_queue_of
         from bridge.waiting import WaitingQueue
 
@@ -161,6 +162,15 @@ class RedisCollector(Collector):
         waiting = GaugeMetricFamily("omnibridge_chats_waiting", "Chats waiting for an agent, now")
         waiting.add_metric([], WaitingQueue(connection).count())
         yield waiting
+        lanes = GaugeMetricFamily(
+            "omnibridge_event_log_lines",
+            "Lines waiting in the event log, by lane (routing: queued, taken, forwarded, closed; other: the rest), "
+            "now; each lane is bounded by EVENT_LOG_<LANE>_MAX_LINES, past which webhooks are answered 503",
+            labels=["lane"],
+        )
+        for lane, lines in EventBatches(connection).lanes().items():
+            lanes.add_metric([lane], lines)
+        yield lanes
         jobs = GaugeMetricFamily(
             "omnibridge_jobs",
             "RQ jobs of the bridge's queues (chats and the rest; voice requests), by state, now",

@@ -68,6 +68,8 @@ class AnswerWatch:
             self.connection.set(keys.awaiting_room(room_id), json.dumps(current), ex=86_400)
 
     def replied(self, room_id: str, agent_id: str) -> None:
+        if not self.enabled:
+            return  # nothing to stop, and no mark per agent message to keep (a flood of them would fill Redis)
         self.connection.set(keys.replied(room_id), agent_id, ex=REPLIED_MEMORY_SECONDS)
         current = self.get(room_id)
         if current is not None and current["agent_id"] == agent_id:

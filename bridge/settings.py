@@ -79,7 +79,9 @@ class Settings:
     no_answer_fallback_department: str | None = None
     spool_dir: str = "var/spool"
     spool_max_bytes: int = 256 * 1024 * 1024
-    # Bounds on Redis state (README, *Bounds*): chats in the routing queue.
+    # Bounds on Redis state (README, *Bounds*): lines per lane of the event log, chats in the routing queue.
+    event_log_routing_max_lines: int = 100_000
+    event_log_other_max_lines: int = 50_000
     waiting_max_chats: int = 10_000
 
     def strategy_for(self, department_id: str | None) -> str:
@@ -177,10 +179,22 @@ class Settings:
             no_answer_fallback_department=reader.text("NO_ANSWER_FALLBACK_DEPARTMENT"),
             spool_dir=reader.text("SPOOL_DIR") or default.spool_dir,
             spool_max_bytes=reader.integer("SPOOL_MAX_BYTES", default=default.spool_max_bytes, low=0, high=1 << 40),
+            event_log_routing_max_lines=reader.integer(
+                "EVENT_LOG_ROUTING_MAX_LINES", default=default.event_log_routing_max_lines, low=100, high=10_000_000
+            ),
+            event_log_other_max_lines=reader.integer(
+                "EVENT_LOG_OTHER_MAX_LINES", default=default.event_log_other_max_lines, low=100, high=10_000_000
+            ),
             waiting_max_chats=reader.integer(
                 "WAITING_MAX_CHATS", default=default.waiting_max_chats, low=10, high=10_000_000
             ),
         )
+        if settings.event_log_routing_max_lines < settings.event_log_other_max_lines:
+            raise ConfigError(
+                "EVENT_LOG_ROUTING_MAX_LINES",
+                "must be at least EVENT_LOG_OTHER_MAX_LINES: the routing lane keeps the larger bound, so queued, "
+                "taken, forwarded and closed events are the last to be refused",
+            )
         settings.check_rocketchat_credentials()
         return settings
 

@@ -455,7 +455,8 @@ class Rig:
             client = self.redis_client
             lines = [
                 f"rq:queue:bridge {client.llen('rq:queue:bridge')} job(s); ob:events {client.llen('ob:events')} "
-                f"line(s); ob:events:pending {client.get('ob:events:pending')!r}",
+                f"line(s), ob:events:other {client.llen('ob:events:other')} line(s); "
+                f"ob:events:pending {client.get('ob:events:pending')!r}",
                 f"leases: { {name: (lease.pid, lease.ttl_ms) for name, lease in self.leases().items()} }",
             ]
             for key in sorted(client.scan_iter("ob:waiting:*", count=500)):

@@ -82,8 +82,8 @@ class ServerThread:
 
 
 def logged_events(client) -> list[dict]:
-    """The event log's lines (``bridge.eventlog``), oldest first."""
-    return [json.loads(line) for line in client.lrange("ob:events", 0, -1)]
+    """The event log's lines (``bridge.eventlog``): the routing lane's, then the other lane's, each oldest first."""
+    return [json.loads(line) for lane in ("ob:events", "ob:events:other") for line in client.lrange(lane, 0, -1)]
 
 
 def recorded_keys(client) -> list[bytes]:

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import redis.asyncio
-from rq.job import Job, JobStatus
+from rq.job import Job
 
-from bridge.eventlog import PROCESS_EVENTS, EventBatches, EventLog, GroupCommit
+from bridge.eventlog import PROCESS_EVENTS, Appended, EventBatches, EventLog, GroupCommit
 from bridge.events import parse_event
 from bridge.jobqueue import make_queue
 from tests.support import load_fixture, logged_events
@@ -150,8 +150,149 @@ def test_the_worker_runs_the_job_and_empties_the_log(settings, redis_client, que
     append(settings, [queued(f"r{n}") for n in range(450)])
     [job_id] = queue.job_ids
     assert build_worker(settings, redis_client).work(burst=True)
-    job = Job.fetch(job_id, connection=redis_client, serializer=queue.serializer)
-    assert job.get_status() == JobStatus.FINISHED
-    assert job.return_value().startswith("450 event(s) applied")
+    assert not Job.exists(job_id, connection=redis_client), "a finished job leaves nothing behind (README, *Bounds*)"
+    assert queue.failed_job_registry.count == 0 and queue.finished_job_registry.count == 0
+    assert redis_client.keys("rq:results:*") == []
     assert redis_client.llen("ob:events") == 0
     assert install(settings, redis_client).router.waiting.count() == 450
+
+
+# -- lanes and bounds (issue 12) --------------------------------------------------------------------------------
+
+
+def agent_message(room_id: str, n: int = 0):
+    payload = load_fixture("Message__from_agent")
+    message = {**payload["messages"][0], "_id": f"msg-{room_id}-{n}", "rid": room_id}
+    return parse_event({**payload, "_id": room_id, "messages": [message]})
+
+
+def seen_marks(redis_client) -> int:
+    return len(redis_client.keys("ob:seen:*"))
+
+
+def test_routing_events_and_the_rest_go_to_their_own_lanes(settings, redis_client):
+    taken = parse_event(load_fixture("LivechatSessionTaken__basic"))
+    closed = parse_event(load_fixture("LivechatSession__closed_by_agent"))
+    forwarded = parse_event(load_fixture("LivechatSessionForwarded__to_agent"))
+    append(settings, [agent_message("m1"), queued("r1"), taken, agent_message("m2"), forwarded, closed])
+    routing = [json.loads(line)["type"] for line in redis_client.lrange("ob:events", 0, -1)]
+    other = [json.loads(line)["room_id"] for line in redis_client.lrange("ob:events:other", 0, -1)]
+    assert routing == ["LivechatSessionQueued", "LivechatSessionTaken", "LivechatSessionForwarded", "LivechatSession"]
+    assert other == ["m1", "m2"]
+    assert EventBatches(redis_client).lanes() == {"routing": 4, "other": 2}
+    assert EventBatches(redis_client).backlog() == 6
+
+
+def test_routing_lines_are_claimed_before_other_lines_whatever_arrived_first(settings, redis_client):
+    append(settings, [agent_message(f"m{n}") for n in range(5)])
+    append(settings, [queued("r1"), queued("r2")])
+    batches = EventBatches(redis_client)
+    assert [line["room_id"] for line in batches.claim("job-1", limit=3)] == ["r1", "r2"]
+    batches.finish("job-1")
+    assert [line["room_id"] for line in batches.claim("job-1", limit=3)] == ["m0", "m1", "m2"]
+    batches.finish("job-1")
+    append(settings, [queued("r3")])  # a chat queued while the other lane still holds lines
+    assert [line["room_id"] for line in batches.claim("job-1", limit=3)] == ["r3"], "looked at the routing lane again"
+    batches.finish("job-1")
+    assert [line["room_id"] for line in batches.claim("job-1", limit=3)] == ["m3", "m4"]
+    batches.finish("job-1")
+    assert batches.claim("job-1") == [] and batches.backlog() == 0
+
+
+def test_an_unfinished_other_lane_batch_is_returned_to_its_retried_job_first(settings, redis_client):
+    append(settings, [agent_message("m1"), agent_message("m2")])
+    batches = EventBatches(redis_client)
+    first = batches.claim("job-1")
+    append(settings, [queued("r1")])
+    assert batches.claim("job-1") == first, "the retried job finishes its own batch before anything else"
+
+
+def test_other_lines_are_applied_after_the_routing_lines(settings, redis_client):
+    ctx = install(settings.replace(no_answer_seconds=60), redis_client)  # so an agent message leaves a mark
+    append(settings, [agent_message(f"m{n}") for n in range(450)] + [queued("r1")])
+    outcome = apply_log(ctx, "job-x")
+    assert outcome.startswith("451 event(s) applied"), outcome
+    assert sorted(k.decode() for k in redis_client.keys("ob:replied:*")) == sorted(
+        f"ob:replied:m{n}" for n in range(450)
+    )
+    assert ctx.router.waiting.room_ids(queued("r1").department_id) == ["r1"]
+    assert EventBatches(redis_client).backlog() == 0 and redis_client.keys("ob:events:*batch*") == []
+
+
+def test_an_agent_message_leaves_no_mark_when_the_no_answer_clock_is_off(settings, redis_client):
+    ctx = install(settings, redis_client)
+    append(settings, [agent_message("m1")])
+    apply_log(ctx, "job-x")
+    assert redis_client.keys("ob:replied:*") == []
+
+
+def test_a_lost_batch_goes_back_to_its_own_lane(settings, redis_client):
+    append(settings, [agent_message("m1"), agent_message("m2"), queued("r1")])
+    batches = EventBatches(redis_client)
+    batches.claim("lost-routing", limit=5)
+    batches.claim("lost-other", limit=1)
+    assert batches.sweep(older_than=-1) == 2
+    assert [line["room_id"] for line in logged_events(redis_client)] == ["r1", "m1", "m2"]
+    assert batches.lanes() == {"routing": 1, "other": 2}
+    assert redis_client.keys("ob:events*batch*") == []
+
+
+def test_the_tick_applies_an_other_lane_that_no_job_will_read(settings, redis_client, queue):
+    ctx = install(settings.replace(no_answer_seconds=60), redis_client)
+    append(settings, [agent_message("m1")])
+    queue.empty()
+    redis_client.delete("ob:events:pending")
+    tick()
+    assert redis_client.llen("ob:events:other") == 0
+    assert ctx.redis.get("ob:replied:m1") is not None
+
+
+def test_a_lane_at_its_bound_refuses_events_and_records_nothing_for_them(settings, redis_client, queue):
+    bounded = settings.replace(event_log_other_max_lines=3, event_log_routing_max_lines=3)
+    answers = append(bounded, [agent_message(f"m{n}") for n in range(5)])
+    assert answers == [Appended.ACCEPTED] * 3 + [Appended.FULL] * 2
+    assert redis_client.llen("ob:events:other") == 3
+    assert seen_marks(redis_client) == 3, "no dedupe mark for a refused event: its retry must not be a duplicate"
+    assert append(bounded, [queued("r1")]) == [Appended.ACCEPTED], "the routing lane has a bound of its own"
+    assert append(bounded, [agent_message("m0"), agent_message("m4")]) == [Appended.DUPLICATE, Appended.FULL]
+    batches = EventBatches(redis_client)
+    batches.claim("job-1")  # the routing line
+    batches.finish("job-1")
+    assert append(bounded, [agent_message("m4")]) == [Appended.FULL]
+    batches.claim("job-1")  # the other lane's three lines: now there is room
+    assert append(bounded, [agent_message("m4"), agent_message("m3")]) == [Appended.ACCEPTED, Appended.ACCEPTED]
+    assert len(queue.job_ids) == 1, "one job, as before"
+
+
+def test_within_one_call_the_bound_counts_what_the_call_added(settings, redis_client):
+    bounded = settings.replace(event_log_other_max_lines=2, event_log_routing_max_lines=2)
+    answers = append(
+        bounded, [agent_message("m1"), queued("r1"), agent_message("m2"), agent_message("m3"), queued("r2")]
+    )
+    assert answers == [Appended.ACCEPTED, Appended.ACCEPTED, Appended.ACCEPTED, Appended.FULL, Appended.ACCEPTED]
+
+
+def test_a_job_out_of_time_hands_the_rest_of_the_log_to_a_new_job(settings, redis_client, queue):
+    ctx = install(settings, redis_client)
+    append(settings, [agent_message(f"m{n}") for n in range(450)])
+    redis_client.delete("ob:events:pending")  # what process_events does first
+    queue.empty()
+    outcome = apply_log(ctx, "job-x", budget=0)
+    assert outcome.startswith("200 event(s) applied"), outcome
+    assert "the rest is left to a new job" in outcome
+    assert EventBatches(redis_client).backlog() == 250
+    [job_id] = queue.job_ids
+    assert queue.fetch_job(job_id).func_name == PROCESS_EVENTS
+    assert redis_client.ttl("ob:events:pending") > 0
+    assert "the pending job" in apply_log(ctx, "job-y", budget=0), "no second job while one is pending"
+    assert len(queue.job_ids) == 1
+    assert build_worker(settings, redis_client).work(burst=True)
+    assert EventBatches(redis_client).backlog() == 0
+
+
+def test_hand_over_writes_the_job_template_again_when_redis_lost_it(settings, redis_client, queue):
+    batches = EventBatches(redis_client)
+    assert redis_client.exists("ob:events:job-template") == 0
+    assert batches.hand_over(settings)
+    [job_id] = queue.job_ids
+    assert queue.fetch_job(job_id).func_name == PROCESS_EVENTS

@@ -134,3 +134,33 @@ def test_secrets_never_show_in_repr():
         assert secret not in shown
     assert settings.rocketchat_password == "password-secret-value"
     assert repr(Secret("")) == "Secret('')"
+
+
+def test_bounds_on_redis_state_have_safe_defaults_and_are_read():
+    default = Settings.from_env({})
+    assert (default.event_log_routing_max_lines, default.event_log_other_max_lines) == (100_000, 50_000)
+    assert default.waiting_max_chats == 10_000
+    read = Settings.from_env(
+        {"EVENT_LOG_ROUTING_MAX_LINES": "2000", "EVENT_LOG_OTHER_MAX_LINES": "1000", "WAITING_MAX_CHATS": "50"}
+    )
+    assert (read.event_log_routing_max_lines, read.event_log_other_max_lines, read.waiting_max_chats) == (
+        2000,
+        1000,
+        50,
+    )
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"EVENT_LOG_OTHER_MAX_LINES": "0"}, "EVENT_LOG_OTHER_MAX_LINES"),
+        ({"EVENT_LOG_ROUTING_MAX_LINES": "lots"}, "EVENT_LOG_ROUTING_MAX_LINES"),
+        ({"WAITING_MAX_CHATS": "-1"}, "WAITING_MAX_CHATS"),
+        # the routing lane keeps the larger bound: a flood of messages must be refused before a queued chat is
+        ({"EVENT_LOG_ROUTING_MAX_LINES": "1000", "EVENT_LOG_OTHER_MAX_LINES": "2000"}, "EVENT_LOG_ROUTING_MAX_LINES"),
+    ],
+)
+def test_bad_bounds_stop_start_up_naming_the_variable(env, variable):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+    assert raised.value.variable == variable

@@ -11,7 +11,7 @@ from rq import get_current_job
 
 from bridge import keys
 from bridge.errors import RocketChatError, RocketChatUnavailable
-from bridge.eventlog import PENDING_SECONDS
+from bridge.eventlog import APPLY_SECONDS, PENDING_SECONDS
 from bridge.events import ChatClosed, ChatForwarded, ChatQueued, ChatTaken, Event, MessageSent, event_from_dict
 from bridge.waiting import ADDED, ALREADY_WAITING, FULL
 from workers.context import WorkerContext, current
@@ -19,6 +19,8 @@ from workers.context import WorkerContext, current
 log = logging.getLogger("workers.jobs")
 
 STUCK_SECONDS = 10
+NOTHING_TO_ROUTE = "nothing to route"
+OUTCOMES_KEPT = 10
 ADMITTED = {
     ADDED: "entered the queue",
     ALREADY_WAITING: "was already in the queue",
@@ -34,13 +36,18 @@ def process_events() -> str:
     return apply_log(ctx, job.id if job is not None else f"inline-{uuid.uuid4().hex}")
 
 
-def apply_log(ctx: WorkerContext, owner: str) -> str:
+def apply_log(ctx: WorkerContext, owner: str, budget: float = APPLY_SECONDS) -> str:
     """Claim, apply and finish batches until the log is empty; drain the routing queue after each batch.
+
+    Each claim takes the routing lane's lines first and the other lane's only while the routing lane is empty, so a
+    queued chat waits for at most the batch in hand, whatever the other lane holds (``bridge.eventlog``). After
+    ``budget`` seconds the rest of the log goes to a new job (``hand_over``), well inside RQ's job timeout.
 
     A Rocket.Chat failure while routing does not stop the events from being applied (they are in Redis either
     way); it is raised at the end so that RQ retries the job and the routing with it.
     """
     applied, outcomes, failure = 0, [], None
+    deadline = time.monotonic() + budget
     while lines := ctx.batches.claim(owner):
         effects = Effects()
         for line in lines:
@@ -48,12 +55,21 @@ def apply_log(ctx: WorkerContext, owner: str) -> str:
         ctx.batches.finish(owner)
         applied += len(lines)
         try:
-            outcomes.append(route_after(ctx, effects))
+            outcome = route_after(ctx, effects)
+            if outcome != NOTHING_TO_ROUTE:
+                outcomes.append(outcome)
         except RocketChatError as error:
             failure = error
+        if time.monotonic() >= deadline:
+            if ctx.batches.backlog():
+                handed = ctx.batches.hand_over(ctx.settings)
+                outcomes.append(f"{budget:.0f} s spent: the rest is left to {'a new' if handed else 'the pending'} job")
+            break
     if failure is not None:
         raise failure
-    return f"{applied} event(s) applied; " + ("; ".join(outcomes) or "nothing to route")
+    if len(outcomes) > OUTCOMES_KEPT:  # a flood makes hundreds of batches: the job's result stays short
+        outcomes = [f"{len(outcomes) - OUTCOMES_KEPT} earlier routing pass(es)", *outcomes[-OUTCOMES_KEPT:]]
+    return f"{applied} event(s) applied; " + ("; ".join(outcomes) or NOTHING_TO_ROUTE)
 
 
 class Effects:
@@ -95,7 +111,7 @@ def route_after(ctx: WorkerContext, effects: Effects) -> str:
         return ctx.router.drain() if ctx.router.waiting.count() else "nothing waiting"
     if effects.departments:
         return ctx.router.drain(sorted(effects.departments, key=lambda d: d or ""))
-    return "nothing to route"
+    return NOTHING_TO_ROUTE
 
 
 def route_chat(event: dict) -> str:
