@@ -1,7 +1,7 @@
 """A flood of webhooks while real chats are opened: is a chat still routed at once, and does Redis stay bounded?
 
     python -m bench.flood [--events 100000] [--connections 48] [--chats 5] [--duplicates 0.1] [--edits 0.1]
-                          [--pause-workers 0] [--other-max 50000] [--routing-max 100000]
+                          [--pause-workers 0] [--other-max 50000] [--routing-max 100000] [--no-answer]
 
 1. **Bytes per item** in a scratch Redis (``used_memory`` before and after 20,000 of each, through the event log's
    own script): a line of the routing lane (a ``LivechatSessionQueued``) and of the other lane (an agent
@@ -181,6 +181,8 @@ def run_flood(args: argparse.Namespace, work: Path) -> None:
     taken = Taken()
     state.listeners.append(taken)
     extra = {"EVENT_LOG_OTHER_MAX_LINES": str(args.other_max), "EVENT_LOG_ROUTING_MAX_LINES": str(args.routing_max)}
+    if args.no_answer:
+        extra["NO_ANSWER_SECONDS"] = "3600"  # every applied agent message then writes its reply mark
     with Bridge(work, state, extra=extra, poster=TimedPoster) as bridge:
         poster = bridge.poster
         assert isinstance(poster, TimedPoster)
@@ -260,7 +262,8 @@ def flood_and_report(
     print(
         f"  Redis used_memory: before {before / MB:.1f} MB, peak {watch.peak_memory / MB:.1f} MB "
         f"(+{(watch.peak_memory - before) / MB:.1f}), after the log drained {after / MB:.1f} MB "
-        f"(+{(after - before) / MB:.1f}: dedupe marks, kept DEDUPE_TTL_SECONDS)"
+        f"(+{(after - before) / MB:.1f}: dedupe marks, kept DEDUPE_TTL_SECONDS"
+        f"{'; reply marks, kept an hour' if args.no_answer else ''})"
     )
     for room, when, lines in chats:
         routed = room in took and room in sent
@@ -282,6 +285,7 @@ def main() -> None:
     parser.add_argument("--pause-workers", type=float, default=0.0, help="seconds both workers are stopped")
     parser.add_argument("--other-max", type=int, default=Settings().event_log_other_max_lines)
     parser.add_argument("--routing-max", type=int, default=Settings().event_log_routing_max_lines)
+    parser.add_argument("--no-answer", action="store_true", help="NO_ANSWER_SECONDS=3600 (messages write marks)")
     parser.add_argument("--skip-costs", action="store_true", help="skip the bytes-per-item measurement")
     args = parser.parse_args()
     print(machine())

@@ -68,12 +68,30 @@ class AnswerWatch:
             self.connection.set(keys.awaiting_room(room_id), json.dumps(current), ex=86_400)
 
     def replied(self, room_id: str, agent_id: str) -> None:
-        if not self.enabled:
+        self.replied_many([(room_id, agent_id)])
+
+    def replied_many(self, replies: list[tuple[str, str]]) -> None:
+        """Agents wrote in rooms (``(room, agent)``, in order): remember who wrote last, and stop the clock of each
+        room whose awaited agent wrote. Two round trips for any number, so a batch of a message flood is applied at
+        once and the routing lane is looked at again without delay (``workers.jobs.apply_log``)."""
+        if not self.enabled or not replies:
             return  # nothing to stop, and no mark per agent message to keep (a flood of them would fill Redis)
-        self.connection.set(keys.replied(room_id), agent_id, ex=REPLIED_MEMORY_SECONDS)
-        current = self.get(room_id)
-        if current is not None and current["agent_id"] == agent_id:
-            self.stop(room_id)
+        pipe = self.connection.pipeline(transaction=False)
+        for room_id, agent_id in replies:
+            pipe.set(keys.replied(room_id), agent_id, ex=REPLIED_MEMORY_SECONDS)
+        for room_id, _ in replies:
+            pipe.get(keys.awaiting_room(room_id))
+        awaited = pipe.execute()[len(replies) :]
+        answered = {
+            room_id
+            for (room_id, agent_id), raw in zip(replies, awaited, strict=True)
+            if raw and json.loads(raw)["agent_id"] == agent_id
+        }
+        if answered:
+            pipe = self.connection.pipeline(transaction=True)
+            pipe.zrem(keys.awaiting(), *answered)
+            pipe.delete(*(keys.awaiting_room(room_id) for room_id in answered))
+            pipe.execute()
 
     def stop(self, room_id: str) -> None:
         pipe = self.connection.pipeline(transaction=True)

@@ -111,6 +111,16 @@ def test_an_answer_processed_before_the_taken_event_starts_no_clock(noanswer_set
     assert ctx.answers.start("room-1", "bo", SALES), "another agent must still answer"
 
 
+def test_a_batch_of_answers_stops_the_clocks_of_the_agents_who_wrote(noanswer_settings, redis_client):
+    ctx = context.install(noanswer_settings, redis_client)
+    assert ctx.answers.start("room-1", "ana", SALES) and ctx.answers.start("room-2", "bo", SALES)
+    ctx.answers.replied_many([("room-1", "bo"), ("room-1", "ana"), ("room-2", "cy"), ("room-3", "dee")])
+    assert ctx.answers.get("room-1") is None, "ana, who was awaited, wrote"
+    assert ctx.answers.get("room-2")["agent_id"] == "bo", "someone else wrote: bo's clock runs on"
+    assert ctx.answers.due(now=time.time() + LATER) == ["room-2"]
+    assert [redis_client.get(f"ob:replied:room-{n}") for n in (1, 2, 3)] == [b"ana", b"cy", b"dee"]
+
+
 def test_off_by_default(rc_settings, redis_client):
     ctx = context.install(rc_settings, redis_client)
     assert not ctx.answers.enabled

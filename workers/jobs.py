@@ -50,8 +50,13 @@ def apply_log(ctx: WorkerContext, owner: str, budget: float = APPLY_SECONDS) -> 
     deadline = time.monotonic() + budget
     while lines := ctx.batches.claim(owner):
         effects = Effects()
-        for line in lines:
-            apply_event(ctx, event_from_dict(line), effects)
+        events = [event_from_dict(line) for line in lines]
+        replies = [(e.room_id, e.agent_id) for e in events if isinstance(e, MessageSent) and e.agent_id]
+        if len(replies) == len(events):  # a batch of the other lane: agent messages, applied in two round trips
+            ctx.answers.replied_many(replies)
+        else:
+            for event in events:
+                apply_event(ctx, event, effects)
         ctx.batches.finish(owner)
         applied += len(lines)
         try:
