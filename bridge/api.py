@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import redis
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -50,6 +51,23 @@ VOICE_BODY_LIMIT = 4096
 VOICE_RETRY_AFTER_SECONDS = 5
 NO_DEPARTMENT = "-"  # the External Service record of queries that named no department
 DECISION_ANSWER_KEYS = {"chat": "room_id", "voice": "request_id", "external": "department_id"}
+
+
+class AnyPath(Convertor[str]):
+    """Starlette's ``path`` convertor is ``.*``, which stops at a newline: ``/decisions/%0A`` would match no route and
+    be answered by the router (a plain-text 404, or a 307 to the same path without its last ``/``). This one takes
+    every character, so every ``/decisions/...`` reaches ``decision_address`` and gets its JSON answer."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", AnyPath())
 
 
 def _no_rocketchat() -> None:
@@ -185,7 +203,7 @@ def api_routes(settings: Settings, connection: redis.Redis) -> list[Route]:
     return [
         Route("/external-queue", external_queue, methods=["GET"]),
         Route("/voice/route", route_voice, methods=["POST"]),
-        Route("/decisions/{address:path}", record_decisions, methods=["GET"]),
+        Route("/decisions/{address:anypath}", record_decisions, methods=["GET"]),
     ]
 
 

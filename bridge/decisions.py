@@ -14,7 +14,8 @@ checks) is keyed by its digest, ``~`` + 40 hex characters, which no valid id can
 - *size of one decision*: strings longer than ``TEXT_LIMIT`` are cut (``...``); a decision still over
   ``DECISION_MAX_BYTES`` (as JSON) loses candidates, then attempts, from the end, and says how many in
   ``candidates_omitted``/``attempts_omitted``; one still over keeps only its core fields and ``"truncated": true``;
-- *decisions per record*: the last ``PER_RECORD``;
+- *decisions per record*: the last ``PER_RECORD`` of its kind (a chat's: 50; a voice request has one per run of its
+  job, 10 kept; an External Service department one per query not shared with its parallel copies, 20 kept);
 - *records per kind*: ``DECISION_MAX_RECORDS``. Each kind has an index, a sorted set of its record ids by expiry
   time (``ob:decisions-index:<kind>``); past the cap the records closest to expiry are deleted, so records of
   requests that did nothing go first, and a flood of one kind never deletes another kind's records;
@@ -42,8 +43,8 @@ from bridge.identifiers import is_rocketchat_id
 from bridge.settings import Settings
 
 KINDS = ("chat", "voice", "external")
-PER_RECORD = 50
-PER_ROOM = PER_RECORD  # the name before voice and External Service records had their own kinds
+PER_RECORD = {"chat": 50, "voice": 10, "external": 20}
+PER_ROOM = PER_RECORD["chat"]  # the name before voice and External Service records had their own kinds
 RECENT = 500
 TEXT_LIMIT = 500
 CORE_TEXT_LIMIT = 100
@@ -151,7 +152,7 @@ class DecisionLog:
             keys=[keys.decisions(kind, stored), keys.decision_index(kind), keys.recent_decisions()],
             args=[
                 text,
-                PER_RECORD,
+                PER_RECORD[kind],
                 self.retention,
                 self.noop_retention,
                 "1" if decision.get("outcome") in NOOP_OUTCOMES[kind] else "0",

@@ -69,9 +69,10 @@ def test_small_decisions_are_stored_as_they_are(redis_client):
 
 def test_a_record_keeps_its_last_decisions_and_the_recent_list_is_capped(redis_client):
     log = DecisionLog(redis_client, DAY)
-    for number in range(PER_RECORD + 5):
-        log.record("chat", "room1", {"outcome": "waiting", "n": number})
-    assert [d["n"] for d in log.for_room("room1")] == list(range(5, PER_RECORD + 5))
+    for kind, kept in PER_RECORD.items():
+        for number in range(kept + 5):
+            log.record(kind, "r1", {"outcome": "waiting", "n": number})
+        assert [d["n"] for d in log.read(kind, "r1")] == list(range(5, kept + 5))
     for number in range(RECENT):
         log.record("external", "-", {"outcome": "answered", "n": number})
     assert redis_client.llen(keys.recent_decisions()) == RECENT
