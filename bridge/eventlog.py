@@ -64,7 +64,6 @@ APPLY_SECONDS = 20.0  # a job hands the rest of the log to a new job after this 
 
 ROUTING = "routing"
 OTHER = "other"
-LANES = (ROUTING, OTHER)
 # What routing depends on: a chat enters the queue (queued), leaves it (taken, forwarded, closed), or frees capacity.
 ROUTING_TYPES = frozenset(
     {"LivechatSessionQueued", "LivechatSessionTaken", "LivechatSessionForwarded", "LivechatSession"}
@@ -92,10 +91,6 @@ class LogFull(Exception):
 
 def lane_of(event: Event) -> str:
     return ROUTING if event.TYPE in ROUTING_TYPES else OTHER
-
-
-def lane_key(lane: str) -> str:
-    return keys.events() if lane == ROUTING else keys.events_other()
 
 
 # Makes a process_events job unless one is pending: the pending flag, then a copy of the template, queued.

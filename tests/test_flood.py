@@ -15,6 +15,7 @@ issue's figure), Redis memory stays within the bounds' budget, and every event t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -22,17 +23,22 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio
 
 from bench.flood import Bodies
 from bench.loopback import FloodProcess
 from bridge.app import create_app
+from bridge.eventlog import EventLog
 from bridge.events import parse_event
+from bridge.intake import Intake
 from bridge.metrics import Metrics
 from bridge.reconcile import recover_queued
 from bridge.sandbox.state import QUEUED
+from bridge.spool import Spool
 from bridge.waiting import WaitingChat
 from tests.conftest import WEBHOOK_TOKEN
 from tests.rig import Rig, bridge_rig
@@ -113,6 +119,31 @@ def test_a_flood_of_messages_at_its_bound_never_refuses_a_queued_chat(bounded, r
         "chat-1",
         "chat-2",
     ]
+
+
+def test_a_spooled_event_met_by_a_full_lane_stays_in_its_spool_file_until_there_is_room(bounded, redis_client):
+    spool = Spool(bounded.spool_dir, bounded.spool_max_bytes)
+    for n in range(5):  # accepted while Redis was unreachable
+        spool.append(parse_event(message_body(n)).to_dict())
+    spool.close()
+
+    async def replay() -> int:
+        client = redis.asyncio.Redis.from_url(bounded.redis_url)
+        intake = Intake(EventLog(bounded, client), Spool(bounded.spool_dir, bounded.spool_max_bytes))
+        try:
+            return await intake.replay()
+        finally:
+            intake.spool.close()
+            await client.aclose()
+
+    assert asyncio.run(replay()) == 3, "three fit in the lane"
+    assert len(list(Path(bounded.spool_dir).glob("*.jsonl"))) == 1, "the file stays: two of its events wait"
+    context.install(bounded, redis_client)
+    assert build_worker(bounded, redis_client).work(burst=True)
+    assert asyncio.run(replay()) == 2, "the rest, once there is room (the first three are duplicates now)"
+    assert list(Path(bounded.spool_dir).glob("*.jsonl")) == []
+    assert build_worker(bounded, redis_client).work(burst=True)
+    assert len(redis_client.keys("ob:replied:flood-*")) == 5
 
 
 # -- the routing queue's bound ----------------------------------------------------------------------------------
