@@ -1,7 +1,7 @@
 """The web process: ``create_app(settings)`` -> Starlette. It answers in milliseconds and does no routing work.
 
 Status policy of ``POST /webhooks/livechat`` (Rocket.Chat counts only exactly 200 as delivered; newer servers
-retry 5xx, 429 and timeouts, older ones every non-200; reference 1.4). The README has the same table.
+retry 5xx, 429 and timeouts, older ones every non-200; docs/rocketchat.md §1.4). The README has the same table.
 
 | status | when | Rocket.Chat then |
 |---|---|---|

@@ -1,7 +1,7 @@
 """The Rocket.Chat endpoints the bridge uses, as functions over the client (which owns URLs and errors).
 
-Paging: ``agents/available`` echoes ``count`` but probably does not enforce it (reference 2.1), so pages are read
-until ``total`` items were seen, whatever each page held, with a bound on the number of pages.
+Paging: ``agents/available`` echoes ``count`` but probably does not enforce it (docs/rocketchat.md §2), so pages are
+read until ``total`` items were seen, whatever each page held, with a bound on the number of pages.
 """
 
 from __future__ import annotations

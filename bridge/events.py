@@ -1,6 +1,6 @@
 """Rocket.Chat livechat webhook payload -> small typed event. The only place that reads raw payloads.
 
-Rocket.Chat's payloads (``sendToCRM``, reference section 1) carry the room, the visitor's personal data and the
+Rocket.Chat's payloads (``sendToCRM``, docs/rocketchat.md §1) carry the room, the visitor's personal data and the
 whole message history. We keep only what the service uses: ids, department, agent, timestamps. No visitor name,
 e-mail, phone, IP or message text survives this module.
 
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from bridge.errors import InvalidEvent
 from bridge.identifiers import check_rocketchat_id
 
-# The admin's "test webhook" call (POST livechat/webhook.test) sends this fixed room id (reference 1.6).
+# The admin's "test webhook" call (POST livechat/webhook.test) sends this fixed room id (docs/rocketchat.md §1.6).
 WEBHOOK_TEST_ROOM_ID = "fasd6f5a4sd6f8a4sdf"
 # Characters of an unknown type shown in answers and logs: the type is whatever the sender wrote, of any length.
 SHOWN_TYPE_CHARS = 64
@@ -329,7 +329,7 @@ def _parse_forwarded(f: _Fields) -> Event:
 def _parse_closed(f: _Fields) -> Event:
     room_id = _room_id(f)
     visitor = f.obj("visitor")
-    # The admin's test call sends e-mail and phone as strings where real events send arrays (reference 1.6).
+    # The admin's test call sends e-mail and phone as strings where real events send arrays (docs/rocketchat.md §1.6).
     is_test = room_id == WEBHOOK_TEST_ROOM_ID or (visitor is not None and isinstance(visitor.data.get("email"), str))
     agent, _ = _served_by(f)
     return ChatClosed(
@@ -378,7 +378,7 @@ def _parse_offline(f: _Fields) -> Event:
     return OfflineMessage(room_id="", sent_at=f.text("sentAt"), content_digest=f.digest("visitor", "message"))
 
 
-# The documented list of types Rocket.Chat sends (reference 1.2). There is no LivechatLead and no
+# The documented list of types Rocket.Chat sends (docs/rocketchat.md §1.2). There is no LivechatLead and no
 # LivechatSessionClosed: the close event is LivechatSession, the lead event is LeadCapture.
 PARSERS: dict[str, Callable[[_Fields], Event]] = {
     "LivechatSessionStart": _parse_started,

@@ -1,8 +1,8 @@
 """Answering Rocket.Chat's External Service (``Livechat_Routing_Method = External``) from the directory.
 
 Rocket.Chat asks ``GET <Livechat_External_Queue_URL>?departmentId=&ignoreAgentId=`` with
-``X-RocketChat-Secret-Token`` and reads only ``username`` from the JSON answer (reference 4). It sends no room id
-and fires 10 identical requests in parallel for one routing, using the first non-empty answer. So:
+``X-RocketChat-Secret-Token`` and reads only ``username`` from the JSON answer (docs/rocketchat.md §4). It sends no room
+id and fires 10 identical requests in parallel for one routing, using the first non-empty answer. So:
 - the answer comes from the cached directory and the load book; Rocket.Chat is never called in the request path
   (a stale or missing cache entry asks a worker to refresh it and is answered from what there is);
 - the first of the identical requests computes the answer and makes one *pending* reservation; the others, for

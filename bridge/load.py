@@ -9,8 +9,8 @@ below, so applying an event twice changes nothing:
 - ``close``: the room leaves its agent and is remembered as closed, so a late ``taken`` does not count it again;
 - ``release``: a reservation whose Rocket.Chat call failed is undone.
 
-Rocket.Chat's External Service asks for an agent without saying which room (reference 4), so its reservations are
-*pending*: counted against the agent until the room's ``taken`` webhook arrives (which then takes the pending
+Rocket.Chat's External Service asks for an agent without saying which room (docs/rocketchat.md §4), so its reservations
+are *pending*: counted against the agent until the room's ``taken`` webhook arrives (which then takes the pending
 slot's place) or ``PENDING_SECONDS`` pass. Keys are computed inside the scripts, so this needs a single Redis, not
 Redis Cluster.
 """

@@ -9,8 +9,8 @@ One pooled ``httpx.Client`` per process, explicit timeouts. Every call goes thro
 - turns a 429 into ``RateLimited`` too, blocking the route for every process until ``X-RateLimit-Reset``;
 - retries connection errors and 5xx a bounded number of times with a short jittered back-off (under a second
   each); a timeout is not retried here, since Rocket.Chat may have applied the call: the caller decides;
-- turns every other answer into an error that says what to do (reference 5.2: bodies differ between 7.x and 8.x,
-  so it keys on the status and ``errorType``, never on the message text).
+- turns every other answer into an error that says what to do (docs/rocketchat.md §5.2: bodies differ between 7.x and
+  8.x, so it keys on the status and ``errorType``, never on the message text).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 1.0
 _BRACKET_CODE = re.compile(r"\[([\w.-]+)\]\s*$")
 
-# What a 403 on each route means: the permission the account lacks (reference sections 2, 3, 5).
+# What a 403 on each route means: the permission the account lacks (docs/rocketchat.md §§2, 3, 5).
 ROUTE_PERMISSIONS: dict[str, str] = {
     "GET /api/v1/omnichannel/agents/available": "manage-agent-extension-association",
     "GET /api/v1/livechat/users/agent": "transfer-livechat-guest (or edit-omnichannel-contact)",

@@ -1,7 +1,7 @@
 """The intake spool: where accepted webhooks wait, on local disk, while Redis cannot take them.
 
-Rocket.Chat gives up on a webhook after 5 attempts 20 s apart (reference 1.4), so a Redis outage longer than that
-would lose events if the web process could only answer 503. Instead, an event that cannot be recorded in Redis is
+Rocket.Chat gives up on a webhook after 5 attempts 20 s apart (docs/rocketchat.md §1.4), so a Redis outage longer than
+that would lose events if the web process could only answer 503. Instead, an event that cannot be recorded in Redis is
 appended to a spool file (one JSON line, flushed and fsynced before the 200 is sent) and replayed into Redis, in
 order and through the same deduplicating script, as soon as Redis answers again. While a backlog exists, new
 events go to the spool too, so they cannot overtake older ones.

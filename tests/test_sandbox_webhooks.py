@@ -1,4 +1,4 @@
-"""The sandbox's webhook poster against a real receiving HTTP server (reference 1.4, 1.5)."""
+"""The sandbox's webhook poster against a real receiving HTTP server (docs/rocketchat.md §1.4, 1.5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Agents and departments: `livechat/users/agent`, `livechat/agents/:id/departments`,
-`livechat/department`, `livechat/department/:_id/agents`, `livechat/agent.status` (reference 3.4).
+`livechat/department`, `livechat/department/:_id/agents`, `livechat/agent.status` (docs/rocketchat.md §3.4).
 """
 
 import copy

@@ -1,4 +1,4 @@
-"""`GET /api/info`, `POST /api/v1/login`, `GET /api/v1/me` (reference 5.1)."""
+"""`GET /api/info`, `POST /api/v1/login`, `GET /api/v1/me` (docs/rocketchat.md §5.1)."""
 
 import copy
 from typing import Any

@@ -1,4 +1,4 @@
-"""The livechat queue: `livechat/inquiries.getOne|take|queuedForUser|list` (reference 3.3)."""
+"""The livechat queue: `livechat/inquiries.getOne|take|queuedForUser|list` (docs/rocketchat.md §3.3)."""
 
 import copy
 from typing import Any

@@ -1,4 +1,4 @@
-"""Livechat rooms: `livechat/room.forward` (reference 3.1) and `livechat/rooms` (reference 3.5)."""
+"""Livechat rooms: `livechat/room.forward` (docs/rocketchat.md §3.1) and `livechat/rooms` (docs/rocketchat.md §3.5)."""
 
 import copy
 from typing import Any

@@ -1,4 +1,4 @@
-"""The VoIP extension routes of 4.5.0 to 7.x (reference 2 and 3.6); 8.0.0 removed them all.
+"""The VoIP extension routes of 4.5.0 to 7.x (docs/rocketchat.md §2 and 3.6); 8.0.0 removed them all.
 
 Source: apps/meteor/app/api/server/v1/voip/omnichannel.ts.
 """

@@ -1,4 +1,4 @@
-"""Rocket.Chat's error answers, per major version (reference section 5).
+"""Rocket.Chat's error answers, per major version (docs/rocketchat.md §5).
 
 Every failure an endpoint can give is built here, so the 7.x/8.x differences live in one place.
 `major >= 8` is Rocket.Chat's `applyBreakingChanges = shouldBreakInVersion('8.0.0')`.

@@ -1,7 +1,7 @@
 """Rocket.Chat's routing rules for taking inquiries and forwarding rooms, over the sandbox state.
 
 Sources: lib/takeInquiry.ts, RoutingManager.takeInquiry/transferRoom/unassignAgent, lib/Helper.ts
-forwardRoomToAgent/forwardRoomToDepartment, lib/transfer.ts (reference 3.1, 3.3). The sandbox routes
+forwardRoomToAgent/forwardRoomToDepartment, lib/transfer.ts (docs/rocketchat.md §3.1, 3.3). The sandbox routes
 like Manual_Selection: nothing is auto-assigned, so a department forward puts the room back in the
 queue of the new department.
 """

@@ -27,7 +27,7 @@ from bridge.sandbox.permissions import default_permissions, roles_allow
 Listener = Callable[[str, Doc], None]
 Event = tuple[str, Doc]
 
-# Webhook event types (reference 1.2); the close event really is called "LivechatSession".
+# Webhook event types (docs/rocketchat.md §1.2); the close event really is called "LivechatSession".
 QUEUED = "LivechatSessionQueued"
 TAKEN = "LivechatSessionTaken"
 FORWARDED = "LivechatSessionForwarded"
