@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import endpoints, keys
+from bridge import endpoints
 from bridge.errors import RateLimited, RequestRejected, RocketChatError
 from bridge.lease import Lease
 from bridge.router import DEFERRED, MAX_TAKE_ATTEMPTS, OFFLINE_ERRORS, Router
@@ -68,33 +68,31 @@ def reroute(
         if reservation.outcome != "reserved" or reservation.agent_id is None:
             break
         agent_id = reservation.agent_id
-        in_flight = keys.take_in_flight(room_id)
-        if not router.leases.fenced_set(claim, in_flight, agent_id, rc.max_call_seconds + 5):
-            _undo(router, room_id, agent_id, reservation.previous_id)
-            router.defer(1.0)
-            return Rerouted(DEFERRED, None, f"room {room_id}: lease lost before the forward; not sent")
-        try:
-            endpoints.forward_room(rc, room_id, user_id=agent_id)
-        except RateLimited as error:
-            _undo(router, room_id, agent_id, reservation.previous_id)
-            router.defer(error.retry_after)
-            return Rerouted(DEFERRED, None, f"room {room_id}: forward deferred ({error})")
-        except RequestRejected as error:
-            _undo(router, room_id, agent_id, reservation.previous_id)
-            code = error.error_type or ""
-            if code in CLOSED_ERRORS:
-                return _record(router, room_id, decision, choice, attempts, "closed", str(error))
-            if code in OFFLINE_ERRORS:
-                router.mark_unavailable(agent_id)
-            attempts.append({"agent_id": agent_id, "result": "offline" if code in OFFLINE_ERRORS else code})
-            excluded_ids.add(agent_id)
-            continue
-        except RocketChatError as error:
-            _undo(router, room_id, agent_id, reservation.previous_id)
-            _record(router, room_id, decision, choice, attempts, "failed", str(error))
-            raise
-        finally:
-            router.connection.delete(in_flight)
+        with router.sending(claim, room_id, agent_id) as sent:
+            if not sent:
+                _undo(router, room_id, agent_id, reservation.previous_id)
+                router.defer(1.0)
+                return Rerouted(DEFERRED, None, f"room {room_id}: lease lost before the forward; not sent")
+            try:
+                endpoints.forward_room(rc, room_id, user_id=agent_id)
+            except RateLimited as error:
+                _undo(router, room_id, agent_id, reservation.previous_id)
+                router.defer(error.retry_after)
+                return Rerouted(DEFERRED, None, f"room {room_id}: forward deferred ({error})")
+            except RequestRejected as error:
+                _undo(router, room_id, agent_id, reservation.previous_id)
+                code = error.error_type or ""
+                if code in CLOSED_ERRORS:
+                    return _record(router, room_id, decision, choice, attempts, "closed", str(error))
+                if code in OFFLINE_ERRORS:
+                    router.mark_unavailable(agent_id)
+                attempts.append({"agent_id": agent_id, "result": "offline" if code in OFFLINE_ERRORS else code})
+                excluded_ids.add(agent_id)
+                continue
+            except RocketChatError as error:
+                _undo(router, room_id, agent_id, reservation.previous_id)
+                _record(router, room_id, decision, choice, attempts, "failed", str(error))
+                raise
         attempts.append({"agent_id": agent_id, "result": "forwarded"})
         return _record(router, room_id, decision, choice, attempts, "forwarded", f"forwarded: {reason}", agent_id)
     if fallback_department:

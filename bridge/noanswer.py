@@ -154,16 +154,15 @@ def reroute_unanswered(router: object, watch: AnswerWatch, now: float | None = N
                     watch.stop(room_id)
                     continue
             if settings.no_answer_fallback_department:
-                rc = router.rocketchat()
-                if not router.leases.fenced_set(claim, keys.take_in_flight(room_id), "department", rc.max_call_seconds):
-                    continue
-                try:
-                    endpoints.forward_room(rc, room_id, department_id=settings.no_answer_fallback_department)
-                except RateLimited as error:
-                    router.defer(error.retry_after)
-                    continue
-                finally:
-                    router.connection.delete(keys.take_in_flight(room_id))
+                with router.sending(claim, room_id, "department") as sent:
+                    if not sent:
+                        continue
+                    try:
+                        rc = router.rocketchat()
+                        endpoints.forward_room(rc, room_id, department_id=settings.no_answer_fallback_department)
+                    except RateLimited as error:
+                        router.defer(error.retry_after)
+                        continue
                 router.decisions.record(
                     "chat",
                     room_id,

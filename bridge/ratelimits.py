@@ -193,15 +193,16 @@ class RateLimits:
             return Grant(False, LEARNING_RETRY_SECONDS, "learning")
         return Grant(True, why="probe", probe=probe)
 
-    def needs_probe(self, route: str) -> bool:
-        """True when the next call of ``route`` would be a probe: nothing learned, or its window has ended."""
-        state = self.connection.hmget(keys.rate_limit(route), "mode", "reset")
-        if state[0] is None:
+    def needs_probe(self, route: str) -> bool | None:
+        """Would the next call of ``route`` be a probe (nothing learned, or its window has ended)? None when the route
+        is unlimited: no probe is due while it stays so."""
+        mode, reset = self.connection.hmget(keys.rate_limit(route), "mode", "reset")
+        if mode is None:
             return True
-        if state[0] != b"limited":
-            return False
+        if mode != b"limited":
+            return None
         seconds, micros = self.connection.time()
-        return int(seconds) * 1000 + int(micros) // 1000 >= int(state[1] or 0)
+        return int(seconds) * 1000 + int(micros) // 1000 >= int(reset or 0)
 
     def learned(self, route: str, grant: Grant | None, heard: Heard | None) -> None:
         """Record what an answer said (if anything), and end the probe the call was."""

@@ -27,10 +27,11 @@ routing again at that time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -67,7 +68,8 @@ OFFLINE_ERRORS = frozenset({"error-agent-status-service-offline", "error-user-is
 RECHECK_SECONDS = 30
 MAX_TAKE_ATTEMPTS = 5
 LIST_DENIED_SECONDS = 600  # after a 403 on inquiries.list, use queuedForUser for this long before asking again
-DEFERRED = "deferred"  # the chat keeps its place; routing wakes when the resource is free again
+DEFERRED = "deferred"
+IN_FLIGHT_MARGIN_SECONDS = 5  # the chat keeps its place; routing wakes when the resource is free again
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,7 @@ class Router:
         in_flight: list[Future[str]] = []
         room_ids = self.waiting.room_ids(department)
         self._look_up_inquiries(department, room_ids)
+        probe_due: bool | None = True  # None once the take route is known unlimited: not asked again this drain
         try:
             for room_id in room_ids:
                 if any(f.done() and not f.exception() and f.result() == DEFERRED for f in running):
@@ -207,7 +210,9 @@ class Router:
                     if step == "no-capacity":
                         break  # the chats behind it in this department have the same candidates
                     continue
-                probe = self._take_needs_probe()
+                if probe_due is not None:
+                    probe_due = self._take_needs_probe()
+                probe = bool(probe_due)
                 if probe:
                     wait(in_flight)  # our own takes: the probe goes alone, so the others are not refused meanwhile
                 future = self._pool().submit(self._complete, step, listing)
@@ -226,21 +231,21 @@ class Router:
             raise failure
         return outcomes
 
-    def _take_needs_probe(self) -> bool:
+    def _take_needs_probe(self) -> bool | None:
         """Is nothing known of ``inquiries.take``'s rate limit now (first take, or a window that ended)? Then one
-        take goes first and the answer says how many may follow (``bridge.ratelimits``)."""
+        take goes first and the answer says how many may follow (``bridge.ratelimits``). None: unlimited."""
         limits = self.rocketchat().limits
-        return limits is not None and limits.needs_probe(f"POST {endpoints.TAKE}")
+        return None if limits is None else limits.needs_probe(f"POST {endpoints.TAKE}")
 
     def _look_up_inquiries(self, department: str | None, room_ids: list[str]) -> None:
         """Give the waiting chats that lack an inquiry id theirs, with one ``inquiries.list`` call for all of them
         (``queuedForUser`` where the account lacks view-livechat-manager). A chat the page does not hold is looked up
         alone (``getOne``) when it is taken. A rate-limited or failing list only means those lookups happen alone."""
-        wanted = {}
-        for room_id in room_ids:
-            chat = self.waiting.get(room_id)
-            if chat is not None and chat.inquiry_id is None:
-                wanted[room_id] = chat
+        wanted = {
+            chat.room_id: chat
+            for chat in self.waiting.get_many(room_ids)
+            if chat is not None and chat.inquiry_id is None
+        }
         if not wanted:
             return
         try:
@@ -424,49 +429,63 @@ class Router:
     def _take(self, rc: RocketChat, chat: WaitingChat, agent_id: str, step: Reserved) -> str:
         """Take the inquiry for the agent: taken | inquiry-taken | not-found | offline | refused | no-answer | deferred.
 
-        The take is sent only while the room's lease is still ours, checked in the same step that records the take
-        as in flight; the record goes once Rocket.Chat has answered (or the longest call has passed)."""
+        The take is sent only while the room's lease is still ours (``sending``)."""
         room_id = chat.room_id
+        with self.sending(step.claim, room_id, agent_id) as sent:
+            if not sent:
+                log.warning("room %s: lease lost before the take; not sent", room_id, extra={"room_id": room_id})
+                self.defer(1.0)
+                return DEFERRED
+            try:
+                endpoints.take_inquiry(rc, chat.inquiry_id or "", agent_id)
+                return "taken"
+            except RateLimited as error:
+                self._release(step)  # nothing was sent (or Rocket.Chat refused it with 429): nothing was applied
+                self.defer(error.retry_after)
+                return DEFERRED
+            except RequestRejected as error:
+                code = error.error_type or ""
+                if code == "error-inquiry-taken":
+                    if not step.resumed:  # ours only if an interrupted attempt of ours took it; else someone else did
+                        self.load.release(room_id, agent_id)
+                        self._count_reservation("released")
+                    return "inquiry-taken"
+                self.load.release(room_id, agent_id)
+                self._count_reservation("released")
+                if code == "error-not-found":
+                    return "not-found"
+                if code in OFFLINE_ERRORS or "user is invalid" in str(error).lower():
+                    self.mark_unavailable(agent_id)
+                    return "offline"
+                log.warning("take refused for %s: %s", room_id, error, extra={"room_id": room_id})
+                return "refused"
+            except RocketChatUnavailable as error:
+                # No answer is not a "no": Rocket.Chat may have applied the take. The reservation and reserved_for stay,
+                # so the next attempt resumes with the same agent and learns the truth (taken, or take it now).
+                self._record(
+                    chat, "retrying later", str(error), None, None, [{"agent_id": agent_id, "result": "error"}]
+                )
+                self.defer(error.retry_after)
+                return "no-answer"
+            except RocketChatError as error:
+                self.load.release(room_id, agent_id)
+                self._count_reservation("released")
+                self.waiting.update(replace(chat, reserved_for=None))
+                self._record(chat, "failed", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
+                raise
+
+    @contextlib.contextmanager
+    def sending(self, claim: Lease, room_id: str, value: str) -> Iterator[bool]:
+        """Record a take or forward of ``room_id`` as in flight, under ``claim``: a fenced write, in the same step
+        that checks the lease is still ours (False, and nothing may be sent, when it is not). The record goes once
+        Rocket.Chat has answered, or expires after the longest call; a later holder leaves the room alone meanwhile."""
         in_flight = keys.take_in_flight(room_id)
-        if not self.leases.fenced_set(step.claim, in_flight, agent_id, rc.max_call_seconds + 5):
-            log.warning("room %s: lease lost before the take; not sent", room_id, extra={"room_id": room_id})
-            self.defer(1.0)
-            return DEFERRED
+        ttl = self.rocketchat().max_call_seconds + IN_FLIGHT_MARGIN_SECONDS
+        if not self.leases.fenced_set(claim, in_flight, value, ttl):
+            yield False
+            return
         try:
-            endpoints.take_inquiry(rc, chat.inquiry_id or "", agent_id)
-            return "taken"
-        except RateLimited as error:
-            self._release(step)  # nothing was sent (or Rocket.Chat refused it with 429): nothing was applied
-            self.defer(error.retry_after)
-            return DEFERRED
-        except RequestRejected as error:
-            code = error.error_type or ""
-            if code == "error-inquiry-taken":
-                if not step.resumed:  # ours only if an interrupted attempt of ours took it; else someone else did
-                    self.load.release(room_id, agent_id)
-                    self._count_reservation("released")
-                return "inquiry-taken"
-            self.load.release(room_id, agent_id)
-            self._count_reservation("released")
-            if code == "error-not-found":
-                return "not-found"
-            if code in OFFLINE_ERRORS or "user is invalid" in str(error).lower():
-                self.mark_unavailable(agent_id)
-                return "offline"
-            log.warning("take refused for %s: %s", room_id, error, extra={"room_id": room_id})
-            return "refused"
-        except RocketChatUnavailable as error:
-            # No answer is not a "no": Rocket.Chat may have applied the take. The reservation and reserved_for stay,
-            # so the next attempt resumes with the same agent and learns the truth (taken, or take it now).
-            self._record(chat, "retrying later", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
-            self.defer(error.retry_after)
-            return "no-answer"
-        except RocketChatError as error:
-            self.load.release(room_id, agent_id)
-            self._count_reservation("released")
-            self.waiting.update(replace(chat, reserved_for=None))
-            self._record(chat, "failed", str(error), None, None, [{"agent_id": agent_id, "result": "error"}])
-            raise
+            yield True
         finally:
             self.connection.delete(in_flight)
 

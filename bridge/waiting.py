@@ -100,11 +100,14 @@ class WaitingQueue:
         return self.offer(chat) == ADDED
 
     def get(self, room_id: str) -> WaitingChat | None:
-        raw = self.connection.hget(keys.waiting_chat(room_id), "data")
-        if not raw:
-            return None
-        data = json.loads(raw)
-        return WaitingChat(**{**data, "excluded": tuple(data.get("excluded") or ())})
+        return _chat(self.connection.hget(keys.waiting_chat(room_id), "data"))
+
+    def get_many(self, room_ids: list[str]) -> list[WaitingChat | None]:
+        """``get`` for many rooms in one round trip."""
+        pipe = self.connection.pipeline(transaction=False)
+        for room_id in room_ids:
+            pipe.hget(keys.waiting_chat(room_id), "data")
+        return [_chat(raw) for raw in pipe.execute()] if room_ids else []
 
     def update(self, chat: WaitingChat) -> None:
         """Save what routing learnt (inquiry id, priority, exclusions...); re-rank if the priority changed."""
@@ -137,6 +140,13 @@ class WaitingQueue:
     def oldest(self) -> list[WaitingChat]:
         chats = [self.get(room) for d in self.departments() for room in self.room_ids(d, limit=50)]
         return sorted((c for c in chats if c is not None), key=lambda c: c.queued_at)
+
+
+def _chat(raw: bytes | None) -> WaitingChat | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return WaitingChat(**{**data, "excluded": tuple(data.get("excluded") or ())})
 
 
 def _plain(chat: WaitingChat) -> dict[str, Any]:
