@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,11 @@ import redis
 from rq import Worker
 
 from bridge.embedded import EmbeddedRedis
-from bridge.sandbox.state import FORWARDED, QUEUED, TAKEN, SandboxState
+from bridge.sandbox.state import QUEUED, SandboxState
 from bridge.sandbox.webhooks import WebhookPoster
 from tests.conftest import WEBHOOK_TOKEN
 from tests.processes import BridgeProcesses
+from tests.rig import Referee
 from tests.support import report, wait_for
 from tests.team import SALES, SUPPORT, seed_team
 
@@ -43,51 +44,6 @@ INQUIRIES_LIST = "/api/v1/livechat/inquiries.list"
 # Capacity of the agents able to work (tests/team.py); fay has no maximum, so DEFAULT_MAX_CHATS (3) holds.
 CAPACITY = {"ana": 2, "bo": 3, "fay": 3}
 MIXED = [SALES, SUPPORT]
-
-
-# -- the referee ----------------------------------------------------------------------------------------------
-
-
-class Referee:
-    """A listener on the double: every take and forward, and each agent's open chats at that moment."""
-
-    def __init__(self, state: SandboxState, team: dict[str, str]) -> None:
-        self.state = state
-        self.names = {agent_id: name for name, agent_id in team.items()}
-        self.lock = threading.Lock()
-        self.taken: dict[str, list[str]] = defaultdict(list)  # room id -> agent, one per TAKEN event
-        self.forwards: Counter[str] = Counter()  # room id -> forwards (a forward also emits TAKEN)
-        self.served_at: dict[str, float] = {}
-        self.max_open: dict[str, int] = defaultdict(int)
-        self.violations: list[str] = []
-
-    def __call__(self, event_type: str, room: dict[str, Any]) -> None:
-        if event_type not in (TAKEN, FORWARDED):
-            return
-        agent_id = room["servedBy"]["_id"]
-        open_now = len(self.state.open_chats_of(agent_id))
-        name = self.names.get(agent_id, agent_id)
-        with self.lock:
-            if event_type == TAKEN:
-                self.taken[room["_id"]].append(name)
-                self.served_at.setdefault(room["_id"], time.monotonic())
-                if open_now > CAPACITY.get(name, 0):
-                    self.violations.append(
-                        f"{name} took {room['_id']} with {open_now} open (capacity "
-                        f"{CAPACITY.get(name, 'none: not eligible')})"
-                    )
-            else:
-                self.forwards[room["_id"]] += 1
-            self.max_open[name] = max(self.max_open[name], open_now)
-
-    def served(self) -> dict[str, float]:
-        with self.lock:
-            return dict(self.served_at)
-
-    def routings(self, rid: str) -> int:
-        """How many times the room was given to an agent by a take (forwards excluded)."""
-        with self.lock:
-            return len(self.taken.get(rid, [])) - self.forwards[rid]
 
 
 # -- the rig: processes, double, poster -----------------------------------------------------------------------
@@ -254,7 +210,7 @@ def rig(
     request, rc_state, rc_server, service_account, redis_server, redis_url, redis_client, tmp_path: Path, ledger
 ) -> Iterator[Rig]:
     team = seed_team(rc_state)
-    referee = Referee(rc_state, team)
+    referee = Referee(rc_state)
     rc_state.listeners.append(referee)
     env = {
         "REDIS_URL": redis_url,
